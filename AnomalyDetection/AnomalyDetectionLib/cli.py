@@ -1,0 +1,299 @@
+"""The ``anomaly-detection`` command: models, train, detect, evaluate.
+
+Every user error is one line on stderr naming the file and the problem, with exit code 2;
+``detect`` on many inputs goes on past a bad one and reports it at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from tqdm import tqdm
+
+from .device import DEVICES, resolve_device
+from .errors import AnomalyDetectionError, InputError
+from .models import bundled_model_paths, load_model
+from .models.model_file import SLICE_AXES, load_model_file
+from .postprocessing import SMOOTHING, postprocessing_settings
+from .preprocessing.io import IMAGE_EXTENSIONS, case_stem, write_image_atomic, write_text_atomic
+from .scoring import SCORES, check_score
+from .version import __version__
+
+EXIT_USER_ERROR = 2
+
+
+class TqdmProgress:
+    """A ``progress(fraction, message)`` callback drawing one tqdm bar."""
+
+    def __init__(self, description: str, enabled: bool = True) -> None:
+        self.bar = tqdm(total=1000, desc=description, disable=not enabled, leave=False,
+                        bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
+
+    def __call__(self, fraction: float, message: str) -> None:
+        self.bar.update(int(fraction * 1000) - self.bar.n)
+        self.bar.set_postfix_str(message, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def expand_inputs(patterns: Sequence[str]) -> List[Path]:
+    """Files, folders and glob patterns -> the image files and DICOM series folders they name.
+
+    A folder holding image files stands for those files; a folder without any stands for one
+    DICOM series. A pattern that matches nothing is kept, so it is reported as missing.
+    """
+    found: List[Path] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        for match in matches or [pattern]:
+            path = Path(match)
+            if path.is_dir():
+                files = sorted(p for p in path.iterdir() if p.is_file() and _is_image_file(p))
+                found.extend(files or [path])
+            else:
+                found.append(path)
+    return found
+
+
+def _is_image_file(path: Path) -> bool:
+    name = path.name.lower()
+    return any(name.endswith(ext) for ext in IMAGE_EXTENSIONS if ext != ".dcm")
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    paths = bundled_model_paths() + [Path(p) for p in args.paths]
+    if not paths:
+        print("no bundled models yet; train one with 'anomaly-detection train' and pass it with --model")
+        return 0
+    for path in paths:
+        model = load_model_file(path)
+        card = model.card
+        print(f"{model.name}  ({path})")
+        print(f"  {card['arch']}  latent {card['latent_dim']}  beta {card['beta']}  input {card['size']}x"
+              f"{card['size']} {card['slice_axis']} slices, {card['orientation']}, foreground {card['foreground']}")
+        print(f"  default score {card['default_score']}; calibrated thresholds: "
+              + (", ".join(f"{k} {v:.4g}" for k, v in model.thresholds.items()) or "none"))
+        if card.get("description"):
+            print(f"  {card['description']}")
+        if args.verbose:
+            print(json.dumps(card, indent=2))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import train
+
+    resolve_device(args.device)
+    volumes = expand_inputs(args.normal)
+    calibration = expand_inputs(args.calibration) if args.calibration else None
+    bar = TqdmProgress("train", enabled=not args.quiet)
+    try:
+        model = train(
+            volumes, args.output, arch=args.arch, size=args.size, latent_dim=args.latent, beta=args.beta,
+            channels=args.channels, slice_axis=args.slice_axis, foreground=args.foreground, epochs=args.epochs,
+            batch_size=args.batch_size, learning_rate=args.lr, val_fraction=args.val_fraction, seed=args.seed,
+            device=args.device, calibration_volumes=calibration, percentile=args.percentile, resume=args.resume,
+            description=args.description, progress=bar,
+        )
+    finally:
+        bar.close()
+    training = model.card["training"]
+    print(f"wrote {args.output}: {model.card['arch']} trained on {training['train_slices']} slices in "
+          f"{training['duration_s']} s, best validation loss {training['best_validation_loss']:.2f}")
+    print("calibrated thresholds: " + ", ".join(f"{k} {v:.4g}" for k, v in model.thresholds.items()))
+    return 0
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from .detection import detect
+
+    resolve_device(args.device)
+    model = load_model(args.model or _default_model())
+    params = _parse_params(args.param)
+    postprocessing = {"smoothing": args.smoothing, "smoothing_size": args.smoothing_size}
+    threshold: Any = args.threshold if args.threshold == "auto" else _float(args.threshold, "--threshold")
+    check_score(model, args.score or model.card["default_score"], params)  # fail once, not per input
+    postprocessing_settings(model.card, postprocessing)
+    inputs = expand_inputs(args.inputs)
+    output_dir = Path(args.output_dir)
+    failures = 0
+    for path in inputs:
+        stem = case_stem(path)
+        bar = TqdmProgress(stem, enabled=not args.quiet)
+        try:
+            result = detect(path, model, score=args.score, threshold=threshold, device=args.device,
+                            batch_size=args.batch_size, score_params=params, postprocessing=postprocessing,
+                            progress=bar)
+            _write_outputs(output_dir, stem, result)
+        except AnomalyDetectionError as exc:
+            failures += 1
+            bar.close()
+            print(f"anomaly-detection: error: {exc}", file=sys.stderr)
+            continue
+        bar.close()
+        report = result.report
+        print(f"{stem}: {report['score']} sample score {report['sample_score']:.4g}, threshold "
+              f"{report['threshold']:.4g} ({report['threshold_source']}), {report['anomalous_volume_ml']:.2f} mL "
+              f"anomalous, {report['timings']['total_s']:.1f} s")
+        for warning in report["warnings"]:
+            print(f"{stem}: warning: {warning}", file=sys.stderr)
+    if failures:
+        print(f"anomaly-detection: {failures} of {len(inputs)} input(s) failed", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return 0
+
+
+def _write_outputs(output_dir: Path, stem: str, result: Any) -> None:
+    """Write map, mask and report; if any write fails, remove what was written."""
+    targets = [output_dir / f"{stem}_anomaly.nii.gz", output_dir / f"{stem}_mask.nii.gz",
+               output_dir / f"{stem}_report.json"]
+    written: List[Path] = []
+    try:
+        write_image_atomic(result.anomaly_map, targets[0])
+        written.append(targets[0])
+        write_image_atomic(result.mask, targets[1])
+        written.append(targets[1])
+        write_text_atomic(json.dumps(result.report, indent=2) + "\n", targets[2])
+    except (OSError, RuntimeError) as exc:
+        for path in written:
+            path.unlink()
+        raise InputError(f"{output_dir}: cannot write outputs of {stem} ({exc})") from None
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate, pair_cases, write_report
+
+    cases = pair_cases(args.maps, args.truth, args.mask)
+    bar = TqdmProgress("evaluate", enabled=not args.quiet)
+    try:
+        report = evaluate([c[1] for c in cases], [c[2] for c in cases],
+                          [c[3] for c in cases] if args.mask else None,
+                          thresholds=[c[4] for c in cases], names=[c[0] for c in cases], progress=bar)
+    finally:
+        bar.close()
+    write_report(report, args.output)
+    summary = report["summary"]
+    print(f"{len(cases)} case(s); report written to {args.output} and {Path(args.output).with_suffix('.csv')}")
+    for key, value in summary.items():
+        if isinstance(value, float):
+            print(f"  {key}: {value:.4f}")
+        elif not isinstance(value, (dict, list)):
+            print(f"  {key}: {value}")
+    return 0
+
+
+def _default_model() -> Path:
+    paths = bundled_model_paths()
+    if not paths:
+        raise InputError("no bundled model yet: pass --model PATH (train one with 'anomaly-detection train')")
+    return paths[0]
+
+
+def _float(text: str, option: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise InputError(f"{option} {text!r} is neither 'auto' nor a number") from None
+
+
+def _parse_params(items: Optional[Sequence[str]]) -> Dict[str, Any]:
+    """``--param key=value`` pairs; values are JSON where they parse (numbers, lists), text otherwise."""
+    params: Dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--param {item!r} is not KEY=VALUE")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value.split(",") if "," in value else value
+    return params
+
+
+def _channels(text: str) -> List[int]:
+    try:
+        return [int(c) for c in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anomaly-detection", description=(
+        "Unsupervised anomaly detection in medical volumes with models trained on normal scans only."))
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    models = sub.add_parser("models", help="list bundled models (and the given model files) with their cards")
+    models.add_argument("paths", nargs="*", help="model files to describe too")
+    models.add_argument("-v", "--verbose", action="store_true", help="print whole model cards")
+    models.set_defaults(func=cmd_models)
+
+    tr = sub.add_parser("train", help="train a model on normal volumes and calibrate its thresholds")
+    tr.add_argument("normal", nargs="+", help="normal volumes: files, folders or globs")
+    tr.add_argument("--output", "-o", required=True, help="model file to write (.pt)")
+    tr.add_argument("--arch", choices=("vae", "ae"), default="vae")
+    tr.add_argument("--latent", type=int, default=None, help="latent dimension (default 128 for vae, 32 for ae)")
+    tr.add_argument("--beta", type=float, default=1.0, help="KL weight of the (beta-)VAE")
+    tr.add_argument("--size", type=int, default=128, help="in-plane slice size, a multiple of 16")
+    tr.add_argument("--channels", type=_channels, default=[32, 64, 128, 128], help="encoder channels, e.g. 32,64,128")
+    tr.add_argument("--slice-axis", choices=SLICE_AXES, default="axial")
+    tr.add_argument("--foreground", choices=("otsu", "nonzero"), default="otsu")
+    tr.add_argument("--epochs", type=int, default=20)
+    tr.add_argument("--batch-size", type=int, default=32)
+    tr.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    tr.add_argument("--val-fraction", type=float, default=0.2, help="fraction of volumes held out")
+    tr.add_argument("--calibration", nargs="+", help="normal volumes to calibrate thresholds on "
+                                                    "(default: the held-out volumes)")
+    tr.add_argument("--percentile", type=float, default=99.5, help="threshold percentile of normal voxels")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--resume", action="store_true", help="continue from OUTPUT.ckpt if present")
+    tr.add_argument("--description", default="", help="training data description for the model card")
+    tr.add_argument("--device", choices=DEVICES, default="auto")
+    tr.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    tr.set_defaults(func=cmd_train)
+
+    de = sub.add_parser("detect", help="anomaly map, mask and report for each input volume")
+    de.add_argument("inputs", nargs="+", help="volumes: files, DICOM folders, folders of files or globs")
+    de.add_argument("--output-dir", "-o", required=True)
+    de.add_argument("--model", "-m", help="model file or bundled model name")
+    de.add_argument("--score", choices=SCORES, help="anomaly score (default: the model's)")
+    de.add_argument("--threshold", default="auto", help="'auto' (calibrated) or a number")
+    de.add_argument("--param", action="append", metavar="KEY=VALUE",
+                    help="score parameter, e.g. steps=20, alpha=1.0, lam=0.1, samples=4, members=reconstruction,combi")
+    de.add_argument("--smoothing", choices=SMOOTHING, help="override the model's map smoothing")
+    de.add_argument("--smoothing-size", type=float, help="median radius (voxels) or Gaussian sigma (mm)")
+    de.add_argument("--device", choices=DEVICES, default="auto")
+    de.add_argument("--batch-size", type=int, default=32)
+    de.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    de.set_defaults(func=cmd_detect)
+
+    ev = sub.add_parser("evaluate", help="voxel AUROC/AUPRC, Dice and sample-level AUROC against references")
+    ev.add_argument("--maps", required=True, help="folder of <case>_anomaly.nii.gz written by detect")
+    ev.add_argument("--truth", required=True, help="folder of reference masks named <case>[_suffix].<ext>")
+    ev.add_argument("--mask", help="folder of evaluation masks (e.g. brain masks), same naming")
+    ev.add_argument("--output", default="report.json", help="JSON report; a CSV is written beside it")
+    ev.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    ev.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (AnomalyDetectionError, ValueError) as exc:
+        print(f"anomaly-detection: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("anomaly-detection: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

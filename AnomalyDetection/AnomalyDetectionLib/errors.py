@@ -1,0 +1,29 @@
+"""Exceptions of the engine.
+
+Every failure a user can cause (bad file, bad model, missing CUDA) is raised as an
+:class:`AnomalyDetectionError` subclass with a one-line message naming the file and the problem,
+so the command line can print it and exit with code 2 and the Slicer module can show it in a
+dialog, without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class AnomalyDetectionError(Exception):
+    """Base class of every user-facing error of the engine."""
+
+
+class InputError(AnomalyDetectionError):
+    """An input image cannot be used: unreadable, not 3D scalar, empty, constant, NaN/Inf..."""
+
+
+class ModelError(AnomalyDetectionError):
+    """A model file is not a model, its card does not match the code, or it does not fit the input."""
+
+
+class DeviceError(AnomalyDetectionError):
+    """The requested compute device is not available (e.g. ``cuda`` without CUDA)."""
+
+
+class Cancelled(AnomalyDetectionError):
+    """The caller's cancel check asked to stop; nothing was written."""

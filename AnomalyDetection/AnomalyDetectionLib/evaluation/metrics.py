@@ -1,0 +1,163 @@
+"""Voxel- and sample-level metrics of anomaly maps against ground-truth lesion masks.
+
+Volumes have millions of voxels, so every metric is vectorised: AUROC and average precision come
+from scikit-learn, and the Dice over thresholds from one sort of the scores plus cumulative counts
+(O(n log n) for *all* thresholds instead of one pass over the volume per threshold).
+
+Conventions shared by every function: arrays may have any (matching) shape; ``truth`` and ``mask``
+are binarised with ``> 0``; ``mask`` restricts the voxels that count (e.g. the brain); a voxel is
+predicted anomalous when ``score >= threshold``. Scores must be finite.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+__all__ = [
+    "best_dice", "dice", "dice_curve", "sample_auroc", "sample_score", "voxel_auprc", "voxel_auroc",
+]
+
+
+def _select(values: np.ndarray, mask: Optional[np.ndarray], what: str) -> np.ndarray:
+    """``values`` flattened, restricted to the voxels of ``mask``; shapes must match exactly.
+
+    A shape mismatch is a programming error (grids are checked before, in the report), hence
+    ``ValueError`` rather than broadcasting silently.
+    """
+    values = np.asarray(values)
+    if mask is None:
+        return values.ravel()
+    mask = np.asarray(mask)
+    if mask.shape != values.shape:
+        raise ValueError(f"{what} has shape {values.shape} but the mask has shape {mask.shape}")
+    return values[mask > 0]
+
+
+def _pair(
+    scores: np.ndarray, truth: np.ndarray, mask: Optional[np.ndarray]
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Masked, flattened ``(scores, truth > 0)`` of the same length."""
+    scores, truth = np.asarray(scores), np.asarray(truth)
+    if scores.shape != truth.shape:
+        raise ValueError(f"scores have shape {scores.shape} but the truth has shape {truth.shape}")
+    return _select(scores, mask, "scores"), _select(truth, mask, "truth") > 0
+
+
+def voxel_auroc(scores: np.ndarray, truth: np.ndarray, mask: Optional[np.ndarray] = None) -> float:
+    """Area under the voxel-wise ROC curve; NaN when the truth has a single class inside the mask."""
+    s, t = _pair(scores, truth, mask)
+    n_pos = int(np.count_nonzero(t))
+    if n_pos == 0 or n_pos == t.size:
+        return math.nan
+    return float(roc_auc_score(t, s))
+
+
+def voxel_auprc(scores: np.ndarray, truth: np.ndarray, mask: Optional[np.ndarray] = None) -> float:
+    """Voxel-wise average precision (area under the precision-recall curve); NaN without a positive.
+
+    Unlike AUROC it is not inflated by the huge number of easy normal voxels, which is why lesion
+    segmentation papers report it.
+    """
+    s, t = _pair(scores, truth, mask)
+    if not t.any():
+        return math.nan
+    return float(average_precision_score(t, s))
+
+
+def dice(prediction: np.ndarray, truth: np.ndarray, mask: Optional[np.ndarray] = None) -> float:
+    """Dice overlap of two binary masks (``> 0``); 1.0 when both are empty (nothing missed, nothing wrong)."""
+    p, t = _pair(prediction, truth, mask)
+    p = p > 0
+    total = int(np.count_nonzero(p)) + int(np.count_nonzero(t))
+    if total == 0:
+        return 1.0
+    return 2.0 * int(np.count_nonzero(p & t)) / total
+
+
+def _sorted_counts(s: np.ndarray, t: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Scores sorted ascending and ``below[i]`` = number of positives among the ``i`` lowest scores.
+
+    With these, ``scores >= sorted[i]`` predicts ``n - i`` voxels of which ``n_pos - below[i]`` are
+    true positives, for every ``i`` at once.
+    """
+    order = np.argsort(s, kind="stable")
+    below = np.zeros(s.size + 1, dtype=np.int64)
+    np.cumsum(t[order], out=below[1:])
+    return s[order], below
+
+
+def best_dice(
+    scores: np.ndarray, truth: np.ndarray, mask: Optional[np.ndarray] = None
+) -> Tuple[float, float]:
+    """Best Dice over all thresholds and the threshold giving it (``prediction = scores >= threshold``).
+
+    Exact: every distinct score value is tried, in O(n log n). Among equal Dice values the highest
+    threshold wins. Without lesion the best is the empty prediction: Dice 1.0 with a threshold just
+    above the highest score. ``(nan, nan)`` when the mask holds no voxel.
+    """
+    s, t = _pair(scores, truth, mask)
+    if s.size == 0:
+        return math.nan, math.nan
+    n_pos = int(np.count_nonzero(t))
+    if n_pos == 0:
+        top = np.max(s)
+        above = np.nextafter(top, np.inf) if np.issubdtype(s.dtype, np.floating) else top + 1
+        return 1.0, float(above)
+    sorted_scores, below = _sorted_counts(s, t)
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])  # first of each tie
+    true_pos = n_pos - below[starts]
+    predicted = s.size - starts
+    dices = 2.0 * true_pos / (predicted + n_pos)
+    best = int(np.argmax(dices[::-1]))  # reversed: ties go to the highest threshold
+    index = starts.size - 1 - best
+    return float(dices[index]), float(sorted_scores[starts[index]])
+
+
+def dice_curve(
+    scores: np.ndarray,
+    truth: np.ndarray,
+    thresholds: Sequence[float],
+    mask: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """Dice at each threshold of ``thresholds`` (for Dice-vs-threshold plots), one sort for all of them."""
+    s, t = _pair(scores, truth, mask)
+    thresholds = np.asarray(thresholds, dtype=np.float64).ravel()
+    if np.issubdtype(s.dtype, np.floating):
+        thresholds = thresholds.astype(s.dtype)  # compare as ``scores >= threshold`` does
+    sorted_scores, below = _sorted_counts(s, t)
+    n_pos = int(below[-1])
+    first_kept = np.searchsorted(sorted_scores, thresholds, side="left")  # voxels below each threshold
+    true_pos = n_pos - below[first_kept]
+    denominator = (s.size - first_kept) + n_pos
+    return np.where(denominator > 0, 2.0 * true_pos / np.maximum(denominator, 1), 1.0)
+
+
+def sample_score(scores: np.ndarray, mask: Optional[np.ndarray] = None, top_fraction: float = 0.01) -> float:
+    """Mean of the top ``top_fraction`` of voxel scores inside the mask (at least one voxel).
+
+    One number per volume for "is this scan abnormal?": a small lesion moves the top percent a lot
+    but the mean of the whole volume hardly at all. NaN when the mask holds no voxel.
+    """
+    if not 0.0 < top_fraction <= 1.0:
+        raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
+    s = _select(scores, mask, "scores")
+    if s.size == 0:
+        return math.nan
+    k = max(1, int(math.ceil(top_fraction * s.size - 1e-9)))
+    top = np.partition(s, s.size - k)[s.size - k:]
+    return float(np.mean(top, dtype=np.float64))
+
+
+def sample_auroc(sample_scores: Sequence[float], labels: Sequence[float]) -> float:
+    """AUROC of per-volume scores against abnormal (``> 0``) / normal labels; NaN with a single class."""
+    s = np.asarray(sample_scores, dtype=np.float64).ravel()
+    y = np.asarray(labels).ravel() > 0
+    if s.shape != y.shape:
+        raise ValueError(f"{s.size} sample scores but {y.size} labels")
+    if y.all() or not y.any():
+        return math.nan
+    return float(roc_auc_score(y, s))

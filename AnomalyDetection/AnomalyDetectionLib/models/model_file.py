@@ -1,0 +1,231 @@
+"""The model file: weights plus a model card, and the checks that keep the two consistent.
+
+A model file (``.pt``) is a ``torch.save`` dictionary ``{"format", "format_version", "card",
+"state_dict"}``. The card is a JSON-able dict that says everything needed to use the weights on a
+new scan: architecture and hyper-parameters, input size, slice axis, orientation, foreground rule,
+intensity normalisation, how it was trained, and the thresholds calibrated on normal data. It is
+loaded with ``weights_only=True``, so a model file cannot run code.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from ..errors import ModelError
+from ..version import __version__
+from .networks import ARCHITECTURES, build_network
+
+FORMAT = "anomaly-detection-model"
+FORMAT_VERSION = 1
+SLICE_AXES = ("axial", "coronal", "sagittal")
+FOREGROUND_METHODS = ("otsu", "nonzero")
+MODEL_SUFFIX = ".pt"
+
+#: Keys every card must have, and the type each must have.
+_REQUIRED = {
+    "name": str,
+    "arch": str,
+    "latent_dim": int,
+    "channels": list,
+    "beta": (int, float),
+    "norm": str,
+    "size": int,
+    "slice_axis": str,
+    "orientation": str,
+    "foreground": str,
+    "intensity": dict,
+    "default_score": str,
+    "engine_version": str,
+}
+
+
+def make_card(
+    arch: str = "vae",
+    size: int = 128,
+    latent_dim: Optional[int] = None,
+    channels: Sequence[int] = (32, 64, 128, 128),
+    beta: float = 1.0,
+    norm: str = "instance",
+    slice_axis: str = "axial",
+    orientation: str = "LPS",
+    foreground: str = "otsu",
+    intensity_percentiles: Sequence[float] = (1.0, 99.0),
+    min_foreground_fraction: float = 0.05,
+    name: str = "model",
+    description: str = "",
+) -> Dict[str, Any]:
+    """A new model card with the engine's defaults; :func:`validate_card` checks it."""
+    card = {
+        "name": name,
+        "description": description,
+        "arch": arch,
+        "latent_dim": int(latent_dim if latent_dim is not None else (128 if arch == "vae" else 32)),
+        "channels": [int(c) for c in channels],
+        "beta": float(beta) if arch == "vae" else 0.0,
+        "norm": norm,
+        "size": int(size),
+        "slice_axis": slice_axis,
+        "orientation": orientation,
+        "foreground": foreground,
+        "min_foreground_fraction": float(min_foreground_fraction),
+        "intensity": {"method": "percentile", "lower": float(intensity_percentiles[0]),
+                      "upper": float(intensity_percentiles[1])},
+        "default_score": "combi" if arch == "vae" else "reconstruction",
+        "engine_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "training": {},
+        "calibration": {},
+    }
+    validate_card(card)
+    return card
+
+
+def validate_card(card: Any, source: str = "model card") -> None:
+    """Raise :class:`ModelError` naming ``source`` if the card does not describe a model this code builds."""
+    if not isinstance(card, dict):
+        raise ModelError(f"{source}: the model card is not a dictionary")
+    for key, kind in _REQUIRED.items():
+        if key not in card:
+            raise ModelError(f"{source}: the model card has no '{key}'")
+        if not isinstance(card[key], kind) or isinstance(card[key], bool):
+            raise ModelError(f"{source}: the model card's '{key}' has the wrong type ({type(card[key]).__name__})")
+    checks = [
+        (card["arch"] in ARCHITECTURES, f"architecture '{card['arch']}' is not one of {', '.join(ARCHITECTURES)}"),
+        (card["size"] >= 16 and card["size"] % 16 == 0, f"input size {card['size']} is not a multiple of 16"),
+        (card["slice_axis"] in SLICE_AXES, f"slice axis '{card['slice_axis']}' is not one of {', '.join(SLICE_AXES)}"),
+        (card["foreground"] in FOREGROUND_METHODS,
+         f"foreground rule '{card['foreground']}' is not one of {', '.join(FOREGROUND_METHODS)}"),
+        (len(card["orientation"]) == 3, f"orientation '{card['orientation']}' is not a 3-letter code"),
+        (card["latent_dim"] >= 1, f"latent dimension {card['latent_dim']} is not positive"),
+        (len(card["channels"]) >= 1 and 2 ** len(card["channels"]) <= card["size"],
+         f"{len(card['channels'])} down-sampling levels do not fit input size {card['size']}"),
+        (card["intensity"].get("method") == "percentile", "intensity normalisation is not 'percentile'"),
+    ]
+    for ok, problem in checks:
+        if not ok:
+            raise ModelError(f"{source}: {problem}")
+
+
+@dataclass
+class Model:
+    """A network with its card; what ``load_model`` returns and every engine call takes."""
+
+    network: nn.Module
+    card: Dict[str, Any]
+    path: Optional[Path] = None
+
+    @property
+    def name(self) -> str:
+        return str(self.card["name"])
+
+    @property
+    def is_variational(self) -> bool:
+        return bool(self.network.is_variational)
+
+    @property
+    def thresholds(self) -> Dict[str, float]:
+        return dict(self.card.get("calibration", {}).get("thresholds", {}))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    def to(self, device: Union[str, torch.device]) -> Model:
+        self.network.to(device)
+        return self
+
+
+def build_model(card: Dict[str, Any]) -> Model:
+    """A freshly initialised :class:`Model` for ``card``."""
+    validate_card(card)
+    network = build_network(card["arch"], card["size"], card["latent_dim"], card["channels"],
+                            card["beta"], card["norm"])
+    return Model(network=network, card=copy.deepcopy(card))
+
+
+def save_model(model: Model, path: Union[str, "os.PathLike[str]"], half: bool = False) -> Path:
+    """Write ``model`` atomically; ``half`` stores fp16 weights (loaded back as fp32) for small files."""
+    path = Path(path)
+    validate_card(model.card, str(path))
+    state = {k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu())
+             for k, v in model.network.state_dict().items()}
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "card": model.card, "state_dict": state}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def load_model_file(path: Union[str, "os.PathLike[str]"]) -> Model:
+    """Load and check a model file; every way it can be wrong is a :class:`ModelError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    try:
+        payload = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for non-model files
+        raise ModelError(f"{path}: not a model file ({type(exc).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ModelError(f"{path}: not an AnomalyDetection model file")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise ModelError(f"{path}: model format version {payload.get('format_version')} is not supported "
+                         f"(this engine reads version {FORMAT_VERSION})")
+    card = payload.get("card")
+    validate_card(card, str(path))
+    model = build_model(card)
+    state = payload.get("state_dict")
+    if not isinstance(state, dict):
+        raise ModelError(f"{path}: the file holds no weights")
+    try:
+        model.network.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except RuntimeError as exc:
+        detail = str(exc).splitlines()[0]
+        raise ModelError(f"{path}: the weights do not match the model card ({detail})") from None
+    model.network.eval()
+    model.path = path
+    return model
+
+
+def bundled_models_dir() -> Path:
+    """``AnomalyDetection/Resources/Models``, where the extension ships its models."""
+    return Path(__file__).resolve().parents[2] / "Resources" / "Models"
+
+
+def bundled_model_paths() -> List[Path]:
+    folder = bundled_models_dir()
+    return sorted(folder.glob(f"*{MODEL_SUFFIX}")) if folder.is_dir() else []
+
+
+def resolve_model_path(name_or_path: Union[str, "os.PathLike[str]"]) -> Path:
+    """A model file path from a path or the name of a bundled model (file stem)."""
+    candidate = Path(name_or_path)
+    if candidate.is_file():
+        return candidate
+    for path in bundled_model_paths():
+        if path.stem == str(name_or_path):
+            return path
+    names = ", ".join(p.stem for p in bundled_model_paths()) or "none bundled yet"
+    raise ModelError(f"{name_or_path}: no such model file or bundled model (bundled: {names})")
+
+
+def load_model(model: Union[Model, str, "os.PathLike[str]"]) -> Model:
+    """A :class:`Model` from a model, a model file path or a bundled model's name."""
+    if isinstance(model, Model):
+        return model
+    return load_model_file(resolve_model_path(model))

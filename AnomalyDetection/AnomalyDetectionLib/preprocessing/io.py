@@ -1,0 +1,117 @@
+"""Reading, validating and atomically writing volumes.
+
+A volume in the engine is a ``SimpleITK.Image``: it carries its geometry (size, spacing, origin,
+direction) wherever it goes, so no output can lose it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import InputError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: Extensions (lower case) recognised as image files when scanning folders.
+IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+
+
+def case_stem(path: PathLike) -> str:
+    """Name of a case without folder and image extension (``scan.nii.gz`` -> ``scan``)."""
+    name = Path(path).name
+    for ext in IMAGE_EXTENSIONS:
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def read_volume(path: PathLike) -> sitk.Image:
+    """Read a 3D scalar volume from an image file or a DICOM series folder and validate it."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    try:
+        if path.is_dir():
+            image = _read_dicom_folder(path)
+        else:
+            image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = first[-1] if first else "unknown reason"
+        raise InputError(f"{path}: cannot be read as an image ({detail})") from None
+    validate_volume(image, str(path))
+    return image
+
+
+def _read_dicom_folder(folder: Path) -> sitk.Image:
+    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise InputError(f"{folder}: folder holds no DICOM series")
+    if len(series) > 1:
+        raise InputError(f"{folder}: folder holds {len(series)} DICOM series; give one series per folder")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
+    return reader.Execute()
+
+
+def validate_volume(image: sitk.Image, name: str = "input") -> None:
+    """Raise :class:`InputError` unless ``image`` is a non-empty, finite, non-constant 3D scalar volume."""
+    dim = image.GetDimension()
+    if dim == 4:
+        raise InputError(f"{name}: 4D image (size {image.GetSize()}); give a single 3D volume")
+    if dim != 3:
+        raise InputError(f"{name}: {dim}D image (size {image.GetSize()}); a 3D volume is needed")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            f"{name}: vector image with {image.GetNumberOfComponentsPerPixel()} components per voxel "
+            "(RGB or multi-channel); a scalar volume is needed"
+        )
+    size = image.GetSize()
+    if min(size) < 2:
+        raise InputError(f"{name}: volume of size {size} is empty or a single slice")
+    array = sitk.GetArrayViewFromImage(image)
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        raise InputError(f"{name}: {bad} voxels are NaN or Inf")
+    if array.min() == array.max():
+        raise InputError(f"{name}: volume is constant (every voxel is {array.flat[0]}); nothing to detect")
+
+
+def write_image_atomic(image: sitk.Image, path: PathLike, compress: bool = True) -> None:
+    """Write ``image`` to ``path`` through a temporary file in the same folder, then rename.
+
+    A reader never sees a half-written file, and a failed write leaves no file behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=str(path.parent))
+    os.close(fd)
+    try:
+        sitk.WriteImage(image, tmp, compress)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_text_atomic(text: str, path: PathLike) -> None:
+    """Write a text file (JSON, CSV) atomically, like :func:`write_image_atomic`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

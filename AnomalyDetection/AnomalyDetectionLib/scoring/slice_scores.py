@@ -1,0 +1,110 @@
+"""Voxel-wise anomaly scores of a batch of slices, each a function ``(network, x) -> map``.
+
+``x`` is a ``(batch, 1, H, W)`` tensor of normalised slices; every score returns a tensor of the
+same shape. Gradient scores differentiate the summed per-slice objective once with autograd:
+each slice's objective depends only on its own input (instance or eval-mode normalisation), so
+the gradient of the sum is every slice's own gradient, for the whole batch in one backward pass.
+
+- ``reconstruction``: |x - x_hat|, x_hat the mean decoding (or the mean over ``samples`` draws).
+- ``kl_grad``: |d KL(q(z|x) || N(0, I)) / dx| (Zimmerer et al. 2019).
+- ``elbo_grad``: |d (reconstruction + beta * KL) / dx|, the gradient of the negative ELBO.
+- ``combi``: reconstruction error x KL-gradient, pointwise (Zimmerer et al. 2019's best score).
+- ``energy_projection``: move x towards the normal manifold by masked gradient steps on
+  rec(x_t) + lambda * |x_t - x_0|_1, score |x_0 - x_T| (Dehaene et al. 2020, Zhou et al. 2020).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Tuple
+
+import torch
+from torch import nn
+
+from ..models.networks import kl_divergence, negative_elbo, reconstruction_loss
+
+SliceScore = Callable[..., torch.Tensor]
+
+
+def _input_gradient(x: torch.Tensor, objective: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """d objective(x).sum() / dx for a batch, leaving ``x`` untouched."""
+    with torch.enable_grad():
+        leaf = x.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(objective(leaf).sum(), leaf)
+    return grad
+
+
+def _require_variational(network: nn.Module, score: str) -> None:
+    if not getattr(network, "is_variational", False):
+        raise ValueError(f"score '{score}' needs a VAE; this model is a deterministic auto-encoder")
+
+
+@torch.no_grad()
+def reconstruction(network: nn.Module, x: torch.Tensor, samples: int = 0) -> torch.Tensor:
+    """|x - x_hat|; for a VAE with ``samples`` > 0 the mean error over that many latent draws."""
+    if samples <= 0 or not network.is_variational:
+        return (x - network.reconstruct(x)).abs()
+    mu, logvar = network.encode(x)
+    errors = [(x - network.decode(network.sample_latent(mu, logvar))).abs() for _ in range(samples)]
+    return torch.stack(errors).mean(0)
+
+
+def _kl_gradient_and_mean(network: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """KL-gradient map and the posterior mean, from one encoder pass."""
+    with torch.enable_grad():
+        leaf = x.detach().requires_grad_(True)
+        mu, logvar = network.encode(leaf)
+        (grad,) = torch.autograd.grad(kl_divergence(mu, logvar).sum(), leaf)
+    return grad.abs(), mu.detach()
+
+
+def kl_grad(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """|d KL / dx| (Zimmerer et al. 2019)."""
+    _require_variational(network, "kl_grad")
+    return _kl_gradient_and_mean(network, x)[0]
+
+
+def elbo_grad(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """|d (-ELBO) / dx| with z = mu, so the map is deterministic."""
+    _require_variational(network, "elbo_grad")
+    return _input_gradient(x, lambda leaf: negative_elbo(network, leaf, sample=False)).abs()
+
+
+def combi(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Reconstruction error x KL-gradient (Zimmerer et al. 2019), sharing one encoder pass."""
+    _require_variational(network, "combi")
+    gradient, mu = _kl_gradient_and_mean(network, x)
+    with torch.no_grad():
+        return (x - network.decode(mu)).abs() * gradient
+
+
+def energy_projection(
+    network: nn.Module, x: torch.Tensor, steps: int = 20, alpha: float = 1.0, lam: float = 0.1
+) -> torch.Tensor:
+    """|x_0 - x_T| after T steps of x <- x - alpha * grad E(x) * (x - x_hat)^2, E = rec + lam * |x - x_0|_1.
+
+    Weighting the step by the squared reconstruction error (Dehaene et al. 2020) lets only the
+    badly reconstructed voxels move, so the projection changes anomalies and keeps normal anatomy.
+    """
+    origin = x.detach()
+    current = origin.clone()
+    for _ in range(int(steps)):
+        with torch.enable_grad():
+            leaf = current.requires_grad_(True)
+            x_hat = network.reconstruct(leaf)
+            energy = reconstruction_loss(leaf, x_hat) + lam * (leaf - origin).abs().flatten(1).sum(1)
+            (grad,) = torch.autograd.grad(energy.sum(), leaf)
+        with torch.no_grad():
+            weight = (current - x_hat).pow(2)
+            current = (current - alpha * grad * weight).clamp_(0.0, 1.0)
+    return (origin - current).abs()
+
+
+#: Scores that work on one batch of slices on their own (``ensemble`` combines these).
+SLICE_SCORES: Dict[str, SliceScore] = {
+    "reconstruction": reconstruction,
+    "kl_grad": kl_grad,
+    "elbo_grad": elbo_grad,
+    "combi": combi,
+    "energy_projection": energy_projection,
+}
+VARIATIONAL_ONLY = ("kl_grad", "elbo_grad", "combi")

@@ -1,0 +1,118 @@
+"""Scoring a stack of slices in batches, with progress, cancellation and the ensemble."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import ModelError
+from ..models import Model
+from ..progress import Progress
+from .ensemble import combine, default_members
+from .slice_scores import SLICE_SCORES, VARIATIONAL_ONLY
+
+SCORES = (*SLICE_SCORES, "ensemble")
+
+
+def scores_for(model: Model) -> List[str]:
+    """Scores that apply to ``model`` (the gradient-of-KL family needs a VAE)."""
+    return [s for s in SCORES if model.is_variational or s not in VARIATIONAL_ONLY]
+
+
+def check_score(model: Model, score: str, params: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """Validate ``score`` and its ``params`` for ``model``; return the params to use."""
+    if score not in SCORES:
+        raise ModelError(f"unknown score '{score}'; choose one of {', '.join(SCORES)}")
+    if score not in scores_for(model):
+        raise ModelError(f"score '{score}' needs a VAE; model '{model.name}' is a deterministic auto-encoder "
+                         f"(its scores: {', '.join(scores_for(model))})")
+    params = dict(params or {})
+    if score == "ensemble":
+        members = default_members(model.card["arch"], params.pop("members", None))
+        method = params.pop("normalisation", "rank")
+        for member in members:
+            if member == "ensemble":
+                raise ModelError("an ensemble cannot contain itself")
+            check_score(model, member)
+        member_params = {m: _accepted(m, params, strict=False) for m in members}
+        unused = set(params) - {k for p in member_params.values() for k in p}
+        if unused:
+            raise ModelError(f"no ensemble member of score 'ensemble' takes {', '.join(sorted(unused))}")
+        return {"members": list(members), "normalisation": method, "member_params": member_params}
+    return _accepted(score, params, strict=True)
+
+
+def _accepted(score: str, params: Mapping[str, Any], strict: bool) -> Dict[str, Any]:
+    names = list(inspect.signature(SLICE_SCORES[score]).parameters)[2:]
+    unknown = set(params) - set(names)
+    if strict and unknown:
+        raise ModelError(f"score '{score}' takes no parameter {', '.join(sorted(unknown))} "
+                         f"(its parameters: {', '.join(names) or 'none'})")
+    return {k: v for k, v in params.items() if k in names}
+
+
+def score_batch(model: Model, x: torch.Tensor, score: str, **params: Any) -> torch.Tensor:
+    """``score`` of one batch ``x`` of shape ``(batch, 1, size, size)``, same shape out.
+
+    An uncalibrated ensemble normalises against this batch's own non-zero voxels.
+    """
+    checked = check_score(model, score, params)
+    if score != "ensemble":
+        return SLICE_SCORES[score](model.network, x, **checked)
+    maps = {m: SLICE_SCORES[m](model.network, x, **checked["member_params"][m]).cpu().numpy()
+            for m in checked["members"]}
+    fused = combine(maps, checked["normalisation"], _calibrated_stats(model), (x > 0).cpu().numpy())
+    return torch.from_numpy(fused).to(x.device)
+
+
+def _calibrated_stats(model: Model) -> Dict[str, Any]:
+    return dict(model.card.get("calibration", {}).get("stats", {}))
+
+
+def score_slices(
+    model: Model,
+    slices: np.ndarray,
+    score: str,
+    params: Optional[Mapping[str, Any]] = None,
+    batch_size: int = 32,
+    foreground: Optional[np.ndarray] = None,
+    progress: Optional[Progress] = None,
+) -> np.ndarray:
+    """Score an ``(n, 1, size, size)`` stack in batches on the model's device; float32 array out.
+
+    The ensemble is combined over the whole stack, so without calibration its members are
+    normalised against every foreground voxel of the volume, not one batch's.
+    """
+    checked = check_score(model, score, params)
+    progress = progress or Progress()
+    if score != "ensemble":
+        return _run_batches(model, slices, score, checked, batch_size, progress)
+    members: Sequence[str] = checked["members"]
+    maps = {}
+    for index, member in enumerate(members):
+        part = progress.sub(index / len(members), (index + 1) / len(members))
+        maps[member] = _run_batches(model, slices, member, checked["member_params"][member], batch_size, part)
+    reference = foreground if foreground is not None else slices > 0
+    return combine(maps, checked["normalisation"], _calibrated_stats(model), reference)
+
+
+def _run_batches(
+    model: Model, slices: np.ndarray, score: str, params: Mapping[str, Any], batch_size: int, progress: Progress
+) -> np.ndarray:
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, not {batch_size}")
+    function = SLICE_SCORES[score]
+    device = model.device
+    out = np.empty(slices.shape, dtype=np.float32)
+    total = len(slices)
+    model.network.eval()
+    for start in range(0, total, batch_size):
+        progress.report(start / max(total, 1), f"{score}: slices {start + 1}-{min(start + batch_size, total)}"
+                        f" of {total}")
+        batch = torch.from_numpy(np.ascontiguousarray(slices[start:start + batch_size])).to(device)
+        out[start:start + batch_size] = function(model.network, batch, **params).detach().cpu().numpy()
+    progress.report(1.0, f"{score}: done")
+    return out

@@ -1,0 +1,104 @@
+"""Threshold calibration on held-out normal volumes.
+
+A threshold is the chosen percentile (default 99.5th) of the scores of normal foreground voxels,
+so it sets the false-positive rate on normal data (0.5 % of voxels) without any labelled lesion.
+The same pass records each score's normal statistics, which the ensemble uses to bring its
+members onto one scale.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ..detection import finalise_map, foreground_values, score_prepared
+from ..device import resolve_device
+from ..models import Model
+from ..postprocessing import postprocessing_settings
+from ..preprocessing import foreground_image, prepare_volume
+from ..progress import CancelCheck, Progress, ProgressCallback
+from ..scoring import SLICE_SCORES, check_score, combine, score_statistics, scores_for
+from .dataset import VolumeInput, load_volume, volume_name
+
+DEFAULT_PERCENTILE = 99.5
+
+
+def calibrate(
+    model: Model,
+    normal_volumes: Sequence[VolumeInput],
+    percentile: float = DEFAULT_PERCENTILE,
+    scores: Optional[Sequence[str]] = None,
+    batch_size: int = 32,
+    device: str = "auto",
+    max_voxels_per_volume: int = 500_000,
+    seed: int = 0,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelCheck] = None,
+) -> Dict[str, Any]:
+    """Compute thresholds and normal statistics for ``scores`` (default: all that apply) and store them
+    in ``model.card["calibration"]``; returns that dict."""
+    if not normal_volumes:
+        raise ValueError("calibration needs at least one normal volume")
+    if not 0 < percentile < 100:
+        raise ValueError(f"percentile {percentile} is not between 0 and 100")
+    steps = Progress(progress, cancel)
+    scores = list(scores or scores_for(model))
+    for score in scores:
+        check_score(model, score)
+    base_scores = sorted({m for s in scores for m in _members(model, s)}, key=list(SLICE_SCORES).index)
+    settings = postprocessing_settings(model.card)
+    model.to(resolve_device(device))
+    rng = np.random.default_rng(seed)
+
+    per_volume: List[Dict[str, np.ndarray]] = []
+    prepared_volumes = []
+    slice_values: Dict[str, List[np.ndarray]] = {s: [] for s in base_scores}
+    for index, volume in enumerate(normal_volumes):
+        part = steps.sub(index / len(normal_volumes), (index + 1) / len(normal_volumes))
+        prepared = prepare_volume(load_volume(volume), model.card, volume_name(volume, index))
+        maps = {}
+        for k, score in enumerate(base_scores):
+            maps[score] = score_prepared(model, prepared, score, None, batch_size,
+                                         part.sub(k / len(base_scores), (k + 1) / len(base_scores)))
+            slice_values[score].append(_subsample(maps[score][prepared.slice_foreground], max_voxels_per_volume, rng))
+        per_volume.append(maps)
+        prepared_volumes.append(prepared)
+    stats = {s: score_statistics(np.concatenate(v)) for s, v in slice_values.items()}
+
+    thresholds: Dict[str, float] = {}
+    for score in scores:
+        values = []
+        for prepared, maps in zip(prepared_volumes, per_volume):
+            if score == "ensemble":
+                ensemble = check_score(model, score)
+                slice_map = combine({m: maps[m] for m in ensemble["members"]}, ensemble["normalisation"], stats)
+            else:
+                slice_map = maps[score]
+            foreground = foreground_image(prepared)
+            final = finalise_map(slice_map, prepared, foreground, settings)
+            values.append(_subsample(foreground_values(final, foreground), max_voxels_per_volume, rng))
+        thresholds[score] = float(np.percentile(np.concatenate(values), percentile))
+
+    calibration = {
+        "percentile": float(percentile),
+        "n_volumes": len(normal_volumes),
+        "volumes": [volume_name(v, i) for i, v in enumerate(normal_volumes)],
+        "postprocessing": settings,
+        "thresholds": thresholds,
+        "stats": stats,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    model.card["calibration"] = calibration
+    steps.report(1.0, "calibrated")
+    return calibration
+
+
+def _members(model: Model, score: str) -> List[str]:
+    return list(check_score(model, score)["members"]) if score == "ensemble" else [score]
+
+
+def _subsample(values: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float32).ravel()
+    return values if values.size <= limit else rng.choice(values, size=limit, replace=False)

@@ -1,0 +1,200 @@
+"""Training a model on normal volumes, then calibrating its thresholds on held-out normal volumes.
+
+Volumes, not slices, are split into training and validation sets, so no validation slice has a
+neighbour in the training set. Every epoch reseeds the shuffling, augmentation and latent
+sampling from ``(seed, epoch)``, which makes a run deterministic and lets ``resume`` continue a
+stopped run exactly: the checkpoint beside the output holds the weights, the optimiser and the best
+weights so far. The model file itself is written once, complete with its calibration.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from ..device import resolve_device
+from ..errors import ModelError
+from ..models import Model, build_model, make_card, negative_elbo, save_model
+from ..progress import CancelCheck, Progress, ProgressCallback
+from .augmentation import augmentation_settings, make_augmentation
+from .calibration import DEFAULT_PERCENTILE, calibrate
+from .dataset import SliceDataset, VolumeInput, extract_slices, volume_name
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def checkpoint_path(output: PathLike) -> Path:
+    """Where the resumable training state of ``output`` lives (``M.pt`` -> ``M.pt.ckpt``)."""
+    output = Path(output)
+    return output.with_name(output.name + ".ckpt")
+
+
+def split_volumes(n: int, val_fraction: float, seed: int) -> Tuple[List[int], List[int]]:
+    """Seeded split of volume indices into training and validation (empty validation for one volume)."""
+    if n < 2 or val_fraction <= 0:
+        return list(range(n)), []
+    order = np.random.default_rng(seed).permutation(n).tolist()
+    n_val = min(n - 1, max(1, int(round(n * val_fraction))))
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+def train(
+    normal_volumes: Sequence[VolumeInput],
+    output: Optional[PathLike] = None,
+    arch: str = "vae",
+    size: int = 128,
+    latent_dim: Optional[int] = None,
+    beta: float = 1.0,
+    channels: Sequence[int] = (32, 64, 128, 128),
+    slice_axis: str = "axial",
+    foreground: str = "otsu",
+    epochs: int = 20,
+    batch_size: int = 32,
+    learning_rate: float = 1e-3,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    device: str = "auto",
+    augmentation: Optional[Mapping[str, Any]] = None,
+    calibration_volumes: Optional[Sequence[VolumeInput]] = None,
+    percentile: float = DEFAULT_PERCENTILE,
+    resume: bool = False,
+    name: Optional[str] = None,
+    description: str = "",
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelCheck] = None,
+) -> Model:
+    """Train a model on ``normal_volumes`` (images or paths), calibrate it, and save it to ``output``.
+
+    Thresholds are calibrated on ``calibration_volumes``, else on the validation volumes; with a
+    single volume, on that volume itself (the card says so). Returns the trained model.
+    """
+    if not normal_volumes:
+        raise ValueError("training needs at least one normal volume")
+    if epochs < 1 or batch_size < 1 or learning_rate <= 0:
+        raise ValueError("epochs and batch size must be at least 1 and the learning rate positive")
+    steps = Progress(progress, cancel)
+    torch_device = resolve_device(device)
+    aug = augmentation_settings(augmentation)
+    card = make_card(arch=arch, size=size, latent_dim=latent_dim, channels=channels, beta=beta,
+                     slice_axis=slice_axis, foreground=foreground,
+                     name=name or (Path(output).stem if output else f"{arch}-{size}"), description=description)
+
+    train_idx, val_idx = split_volumes(len(normal_volumes), val_fraction, seed)
+    slices, owners = extract_slices(normal_volumes, card, steps.sub(0.0, 0.05))
+    if val_idx:
+        is_val = np.isin(owners, val_idx)
+    else:  # one volume: every fifth slice validates, interleaved so it spans the anatomy
+        is_val = np.arange(len(slices)) % 5 == 4
+    train_slices, val_slices = slices[~is_val], slices[is_val]
+    if len(train_slices) == 0 or len(val_slices) == 0:
+        raise ValueError(f"too few slices with foreground to train ({len(slices)} found)")
+
+    model = build_model(card).to(torch_device)
+    optimiser = torch.optim.Adam(model.network.parameters(), lr=learning_rate)
+    history: List[Dict[str, float]] = []
+    best_val, best_state, first_epoch = float("inf"), None, 0
+    ckpt = checkpoint_path(output) if output else None
+    if resume and ckpt is not None and ckpt.exists():
+        first_epoch, best_val, best_state, history = _load_checkpoint(ckpt, model, optimiser, card)
+
+    started = time.perf_counter()
+    fit = steps.sub(0.05, 0.85)
+    for epoch in range(first_epoch, epochs):
+        torch.manual_seed(seed * 100_003 + epoch)
+        transform = make_augmentation(aug, size, seed * 100_003 + epoch)
+        loader = torch.utils.data.DataLoader(
+            SliceDataset(train_slices, transform), batch_size=batch_size, shuffle=True,
+            generator=torch.Generator().manual_seed(seed * 100_003 + epoch),
+        )
+        model.network.train()
+        losses = []
+        for step, batch in enumerate(loader):
+            fit.report((epoch + step / len(loader)) / epochs,
+                       f"epoch {epoch + 1}/{epochs}" + (f", loss {np.mean(losses):.2f}" if losses else ""))
+            loss = negative_elbo(model.network, batch.to(torch_device), sample=True).mean()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            losses.append(loss.item())
+        val_loss = _validation_loss(model, val_slices, batch_size, torch_device)
+        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss})
+        if val_loss < best_val:
+            best_val, best_state = val_loss, copy.deepcopy(model.network.state_dict())
+        if ckpt is not None:
+            _save_checkpoint(ckpt, epoch + 1, model, optimiser, best_val, best_state, history)
+    fit.report(1.0, f"trained, best validation loss {best_val:.2f}")
+
+    model.network.load_state_dict(best_state)
+    model.network.eval()
+    if calibration_volumes:
+        calibration_set, calibration_source = list(calibration_volumes), "given calibration volumes"
+    elif val_idx:
+        calibration_set, calibration_source = [normal_volumes[i] for i in val_idx], "held-out validation volumes"
+    else:
+        calibration_set, calibration_source = list(normal_volumes), "the training volume (no held-out volume)"
+    calibrate(model, calibration_set, percentile, batch_size=batch_size, device=str(torch_device),
+              seed=seed, progress=steps.sub(0.85, 1.0).as_callback(), cancel=cancel)
+    model.card["calibration"]["source"] = calibration_source
+    model.card["training"] = {
+        "volumes": [volume_name(normal_volumes[i], i) for i in train_idx],
+        "validation_volumes": [volume_name(normal_volumes[i], i) for i in val_idx],
+        "train_slices": int(len(train_slices)),
+        "validation_slices": int(len(val_slices)),
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "optimizer": "Adam",
+        "seed": seed,
+        "augmentation": aug,
+        "best_validation_loss": best_val,
+        "history": history,
+        "device": str(torch_device),
+        "duration_s": round(time.perf_counter() - started, 1),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "data": description,
+    }
+    if output:
+        save_model(model, output)
+        model.path = Path(output)
+        if ckpt is not None and ckpt.exists():
+            ckpt.unlink()
+    return model
+
+
+@torch.no_grad()
+def _validation_loss(model: Model, slices: np.ndarray, batch_size: int, device: torch.device) -> float:
+    model.network.eval()
+    total = 0.0
+    for start in range(0, len(slices), batch_size):
+        batch = torch.from_numpy(slices[start:start + batch_size]).to(device)
+        total += float(negative_elbo(model.network, batch, sample=False).sum())
+    return total / len(slices)
+
+
+def _save_checkpoint(path: Path, epoch: int, model: Model, optimiser: torch.optim.Optimizer, best_val: float,
+                     best_state: Optional[Dict[str, torch.Tensor]], history: List[Dict[str, float]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"epoch": epoch, "card": model.card, "network": model.network.state_dict(),
+                "optimizer": optimiser.state_dict(), "best_val": best_val, "best_state": best_state,
+                "history": history}, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, model: Model, optimiser: torch.optim.Optimizer, card: Mapping[str, Any]
+                     ) -> Tuple[int, float, Optional[Dict[str, torch.Tensor]], List[Dict[str, float]]]:
+    state = torch.load(str(path), map_location=model.device, weights_only=True)
+    keys = ("arch", "size", "latent_dim", "channels", "beta", "slice_axis", "foreground")
+    different = [k for k in keys if state["card"].get(k) != card.get(k)]
+    if different:
+        raise ModelError(f"{path}: checkpoint was trained with other settings ({', '.join(different)}); "
+                         "delete it or train without --resume")
+    model.network.load_state_dict(state["network"])
+    optimiser.load_state_dict(state["optimizer"])
+    return int(state["epoch"]), float(state["best_val"]), state["best_state"], list(state["history"])
