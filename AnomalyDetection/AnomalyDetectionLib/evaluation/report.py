@@ -169,12 +169,12 @@ def _evaluate_case(
     return result
 
 
-def _mean_median(values: Sequence[Any]) -> Dict[str, Any]:
+def _mean_median(values: Sequence[Any]) -> Tuple[float, float]:
     """Mean and median of the defined (not None, not NaN) values; NaN when there is none."""
     defined = [float(v) for v in values if v is not None and not math.isnan(float(v))]
     if not defined:
-        return {"mean": math.nan, "median": math.nan, "n": 0}
-    return {"mean": float(np.mean(defined)), "median": float(np.median(defined)), "n": len(defined)}
+        return math.nan, math.nan
+    return float(np.mean(defined)), float(np.median(defined))
 
 
 def summarise(cases: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
@@ -182,13 +182,14 @@ def summarise(cases: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
 
     Voxel metrics are averaged over lesion cases only: on a normal case they are undefined (AUROC)
     or trivially perfect (Dice of two empty masks). Normal cases instead give the false-positive
-    rate, the mean fraction of in-mask voxels at or above the threshold.
+    rate, the mean fraction of in-mask voxels at or above the threshold. Keys are flat
+    (``voxel_auroc_mean``, ``voxel_auroc_median``...) so the summary prints and tabulates as is.
     """
     abnormal = [c for c in cases if c["is_abnormal"]]
     normal = [c for c in cases if not c["is_abnormal"]]
     summary: Dict[str, Any] = {"n_cases": len(cases), "n_abnormal": len(abnormal), "n_normal": len(normal)}
     for key in SUMMARY_METRICS:
-        summary[key] = _mean_median([c[key] for c in abnormal])
+        summary[f"{key}_mean"], summary[f"{key}_median"] = _mean_median([c[key] for c in abnormal])
     summary["sample_auroc"] = metrics.sample_auroc(
         [c["sample_score"] for c in cases], [c["is_abnormal"] for c in cases]
     )
