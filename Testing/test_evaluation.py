@@ -11,6 +11,7 @@ from typing import Optional, Tuple
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
 from AnomalyDetectionLib.errors import Cancelled, InputError
 from AnomalyDetectionLib.evaluation import (
     best_dice,

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from AnomalyDetectionLib.device import resolve_device
 from AnomalyDetectionLib.errors import DeviceError, InputError
 from AnomalyDetectionLib.preprocessing import case_stem, read_volume, validate_volume, write_image_atomic
-from AnomalyDetectionLib.device import resolve_device
 
 
 def _volume(shape=(12, 14, 16), value=None) -> sitk.Image:

@@ -34,10 +34,10 @@ def overview_figure(
     anomaly_map: sitk.Image,
     mask: Optional[sitk.Image] = None,
     truth: Optional[sitk.Image] = None,
-    path: Union[str, "os.PathLike[str]", None] = None,
+    path: Union[str, os.PathLike[str], None] = None,
     title: str = "",
     slice_index: Optional[int] = None,
-) -> "object":
+) -> object:
     """A one-row PNG: input, input with reference outline, anomaly heat map, input with mask outline.
 
     The slice is axial through the reference's (else the map's) centre of mass, so the lesion is in

@@ -2,9 +2,9 @@
 
 from .model_file import (
     Model,
+    build_model,
     bundled_model_paths,
     bundled_models_dir,
-    build_model,
     load_model,
     make_card,
     save_model,

@@ -152,7 +152,7 @@ def build_model(card: Dict[str, Any]) -> Model:
     return Model(network=network, card=copy.deepcopy(card))
 
 
-def save_model(model: Model, path: Union[str, "os.PathLike[str]"], half: bool = False) -> Path:
+def save_model(model: Model, path: Union[str, os.PathLike[str]], half: bool = False) -> Path:
     """Write ``model`` atomically; ``half`` stores fp16 weights (loaded back as fp32) for small files."""
     path = Path(path)
     validate_card(model.card, str(path))
@@ -172,7 +172,7 @@ def save_model(model: Model, path: Union[str, "os.PathLike[str]"], half: bool = 
     return path
 
 
-def load_model_file(path: Union[str, "os.PathLike[str]"]) -> Model:
+def load_model_file(path: Union[str, os.PathLike[str]]) -> Model:
     """Load and check a model file; every way it can be wrong is a :class:`ModelError` naming it."""
     path = Path(path)
     if not path.is_file():
@@ -212,7 +212,7 @@ def bundled_model_paths() -> List[Path]:
     return sorted(folder.glob(f"*{MODEL_SUFFIX}")) if folder.is_dir() else []
 
 
-def resolve_model_path(name_or_path: Union[str, "os.PathLike[str]"]) -> Path:
+def resolve_model_path(name_or_path: Union[str, os.PathLike[str]]) -> Path:
     """A model file path from a path or the name of a bundled model (file stem)."""
     candidate = Path(name_or_path)
     if candidate.is_file():
@@ -224,7 +224,7 @@ def resolve_model_path(name_or_path: Union[str, "os.PathLike[str]"]) -> Path:
     raise ModelError(f"{name_or_path}: no such model file or bundled model (bundled: {names})")
 
 
-def load_model(model: Union[Model, str, "os.PathLike[str]"]) -> Model:
+def load_model(model: Union[Model, str, os.PathLike[str]]) -> Model:
     """A :class:`Model` from a model, a model file path or a bundled model's name."""
     if isinstance(model, Model):
         return model

@@ -1,7 +1,15 @@
 """Anomaly scores: per-batch slice scores, the ensemble, and scoring a whole stack of slices."""
 
 from .ensemble import NORMALISATIONS, combine, normalise, score_statistics
-from .slice_scores import SLICE_SCORES, VARIATIONAL_ONLY, combi, elbo_grad, energy_projection, kl_grad, reconstruction
+from .slice_scores import (
+    SLICE_SCORES,
+    VARIATIONAL_ONLY,
+    combi,
+    elbo_grad,
+    energy_projection,
+    kl_grad,
+    reconstruction,
+)
 from .stack import SCORES, check_score, score_batch, score_slices, scores_for
 
 __all__ = [

@@ -1,0 +1,129 @@
+"""Scores: shapes, batching that changes nothing, the math of combi/ensemble, and clear refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from AnomalyDetectionLib.errors import Cancelled, ModelError
+from AnomalyDetectionLib.models import build_model, make_card
+from AnomalyDetectionLib.progress import Progress
+from AnomalyDetectionLib.scoring import SCORES, score_batch, score_slices, score_statistics, scores_for
+
+
+@pytest.fixture(scope="module")
+def vae():
+    torch.manual_seed(0)
+    model = build_model(make_card(arch="vae", size=32, channels=(4, 8, 8), latent_dim=6))
+    model.network.eval()
+    return model
+
+
+@pytest.fixture(scope="module")
+def ae():
+    torch.manual_seed(0)
+    model = build_model(make_card(arch="ae", size=32, channels=(4, 8, 8), latent_dim=6))
+    model.network.eval()
+    return model
+
+
+@pytest.fixture(scope="module")
+def slices() -> np.ndarray:
+    return np.random.default_rng(0).random((7, 1, 32, 32)).astype(np.float32)
+
+
+@pytest.mark.parametrize("score", SCORES)
+def test_every_score_maps_a_batch_to_its_shape(vae, slices, score) -> None:
+    out = score_batch(vae, torch.from_numpy(slices), score)
+    assert out.shape == slices.shape
+    assert torch.isfinite(out).all()
+    if score != "ensemble":
+        assert float(out.min()) >= 0 and float(out.max()) > 0
+
+
+@pytest.mark.parametrize("score, params", [
+    ("reconstruction", {}), ("kl_grad", {}), ("elbo_grad", {}), ("combi", {}),
+    # a few steps: float rounding differs between batch sizes and iterating amplifies it
+    ("energy_projection", {"steps": 3}),
+])
+def test_batched_equals_one_slice_at_a_time(vae, slices, score, params) -> None:
+    """The gradient of the summed objective is each slice's own gradient: no cross-talk in a batch."""
+    batched = score_slices(vae, slices, score, params, batch_size=7)
+    single = score_slices(vae, slices, score, params, batch_size=1)
+    np.testing.assert_allclose(batched, single, rtol=1e-4, atol=1e-6)
+
+
+def test_combi_is_reconstruction_times_kl_gradient(vae, slices) -> None:
+    x = torch.from_numpy(slices)
+    expected = score_batch(vae, x, "reconstruction") * score_batch(vae, x, "kl_grad")
+    torch.testing.assert_close(score_batch(vae, x, "combi"), expected)
+
+
+def test_kl_gradient_matches_finite_differences(vae) -> None:
+    from AnomalyDetectionLib.models import kl_divergence
+
+    x = torch.rand(1, 1, 32, 32, dtype=torch.float32)
+    gradient = score_batch(vae, x, "kl_grad")
+    index = torch.argmax(gradient)
+    step = 1e-2
+    bumped = x.clone().view(-1)
+    bumped[index] += step
+    with torch.no_grad():
+        kl = lambda t: float(kl_divergence(*vae.network.encode(t.view(1, 1, 32, 32))))  # noqa: E731
+        numeric = (kl(bumped) - kl(x)) / step
+    assert abs(numeric) == pytest.approx(float(gradient.view(-1)[index]), rel=0.1)
+
+
+def test_energy_projection_without_steps_changes_nothing(vae, slices) -> None:
+    out = score_batch(vae, torch.from_numpy(slices), "energy_projection", steps=0)
+    assert float(out.abs().max()) == 0.0
+
+
+def test_autoencoder_refuses_variational_scores(ae, slices) -> None:
+    assert scores_for(ae) == ["reconstruction", "energy_projection", "ensemble"]
+    for score in ("kl_grad", "elbo_grad", "combi"):
+        with pytest.raises(ModelError, match="needs a VAE"):
+            score_batch(ae, torch.from_numpy(slices), score)
+    assert score_batch(ae, torch.from_numpy(slices), "ensemble").shape == slices.shape
+
+
+def test_unknown_score_and_parameter(vae, slices) -> None:
+    x = torch.from_numpy(slices)
+    with pytest.raises(ModelError, match="unknown score"):
+        score_batch(vae, x, "magic")
+    with pytest.raises(ModelError, match="takes no parameter steps"):
+        score_batch(vae, x, "combi", steps=3)
+    with pytest.raises(ModelError, match="no ensemble member"):
+        score_batch(vae, x, "ensemble", bogus=1)
+
+
+def test_calibrated_ensemble_does_not_depend_on_the_batch(vae, slices) -> None:
+    """With normal statistics in the card, a slice's ensemble score is the same in any batch."""
+    members = ("reconstruction", "kl_grad", "combi")
+    stats = {m: score_statistics(score_slices(vae, slices, m)) for m in members}
+    vae.card["calibration"] = {"stats": stats}
+    try:
+        whole = score_slices(vae, slices, "ensemble", batch_size=7)
+        first_alone = score_batch(vae, torch.from_numpy(slices[:1]), "ensemble").numpy()
+        np.testing.assert_allclose(first_alone, whole[:1], atol=1e-5)
+        assert 0.0 <= whole.min() and whole.max() <= 1.0
+    finally:
+        vae.card["calibration"] = {}
+
+
+def test_reconstruction_samples_average_several_decodings(vae, slices) -> None:
+    x = torch.from_numpy(slices)
+    torch.manual_seed(1)
+    sampled = score_batch(vae, x, "reconstruction", samples=4)
+    mean = score_batch(vae, x, "reconstruction")
+    assert not torch.equal(sampled, mean)
+    assert torch.corrcoef(torch.stack([sampled.flatten(), mean.flatten()]))[0, 1] > 0.5
+
+
+def test_progress_reports_and_cancel_stops(vae, slices) -> None:
+    seen = []
+    score_slices(vae, slices, "reconstruction", batch_size=2, progress=Progress(lambda f, m: seen.append(f)))
+    assert seen == sorted(seen) and seen[-1] == 1.0 and len(seen) >= 4
+    with pytest.raises(Cancelled):
+        score_slices(vae, slices, "reconstruction", batch_size=2, progress=Progress(cancel=lambda: True))
