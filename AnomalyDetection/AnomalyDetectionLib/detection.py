@@ -114,7 +114,7 @@ def detect(
     foreground = foreground_image(prepared)
     anomaly_map = finalise_map(slice_maps, prepared, foreground, settings)
     threshold_value, source, warnings = _choose_threshold(model, score, threshold, settings, anomaly_map, foreground)
-    mask = threshold_map(anomaly_map, threshold_value, settings)
+    mask = threshold_map(anomaly_map, threshold_value, foreground, settings)
     steps.report(1.0, f"{name}: done")
     finished = time.perf_counter()
 

@@ -42,9 +42,12 @@ def smooth_map(anomaly_map: sitk.Image, foreground: sitk.Image, settings: Mappin
     return sitk.Mask(sitk.Cast(anomaly_map, sitk.sitkFloat32), foreground)
 
 
-def threshold_map(anomaly_map: sitk.Image, threshold: float, settings: Mapping[str, Any]) -> sitk.Image:
-    """uint8 mask of ``map >= threshold`` without components smaller than ``min_component_voxels``."""
-    mask = sitk.Cast(anomaly_map >= float(threshold), sitk.sitkUInt8)
+def threshold_map(
+    anomaly_map: sitk.Image, threshold: float, foreground: sitk.Image, settings: Mapping[str, Any]
+) -> sitk.Image:
+    """uint8 mask of ``map >= threshold`` inside the foreground, without components smaller than
+    ``min_component_voxels`` (the background is never anomalous, even at a zero threshold)."""
+    mask = sitk.Cast(anomaly_map >= float(threshold), sitk.sitkUInt8) * sitk.Cast(foreground > 0, sitk.sitkUInt8)
     minimum = int(settings.get("min_component_voxels", 0))
     if minimum > 1:
         kept = sitk.RelabelComponent(sitk.ConnectedComponent(mask), minimumObjectSize=minimum)

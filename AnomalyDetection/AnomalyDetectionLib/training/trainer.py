@@ -96,6 +96,7 @@ def train(
     if len(train_slices) == 0 or len(val_slices) == 0:
         raise ValueError(f"too few slices with foreground to train ({len(slices)} found)")
 
+    torch.manual_seed(seed)  # the initial weights are part of what the seed fixes
     model = build_model(card).to(torch_device)
     optimiser = torch.optim.Adam(model.network.parameters(), lr=learning_rate)
     history: List[Dict[str, float]] = []
