@@ -13,6 +13,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from AnomalyDetectionLib import load_model
 from AnomalyDetectionLib.cli import expand_inputs, main
 from AnomalyDetectionLib.preprocessing import write_image_atomic
 
@@ -112,6 +113,14 @@ def test_train_and_list_models(normal_volumes, tmp_path, capsys) -> None:
     assert main(["models", str(model_path)]) == 0
     out = capsys.readouterr().out
     assert "cli" in out and "ae  latent 8" in out and "default score reconstruction" in out
+
+    recalibrated = tmp_path / "recalibrated.pt"
+    assert main(["calibrate", str(model_path), str(tmp_path / "normal" / "n2.nii.gz"), "--percentile", "99",
+                 "--output", str(recalibrated), "--device", "cpu", "-q"]) == 0
+    calibration = load_model(recalibrated).card["calibration"]
+    assert calibration["percentile"] == 99.0 and calibration["n_volumes"] == 1
+    assert set(calibration["thresholds"]) == {"reconstruction", "energy_projection", "ensemble"}
+    assert load_model(model_path).card["calibration"]["percentile"] == 99.5  # the original is untouched
 
 
 def test_console_script_is_installed() -> None:

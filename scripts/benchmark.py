@@ -1,12 +1,10 @@
 """Speed benchmark: seconds per volume for every score, and slices/s batched vs one slice at a time.
 
-Why: users need to know how long detection takes on an ordinary brain scan, and where the time
-goes, before choosing a score or a device. This times the whole ``detect`` pipeline (preparation,
-scoring, post-processing) for every score on the standard 182x218x182 MNI grid at 1 mm, cut into
-128x128 axial slices, on CPU and on CUDA where present; and how much scoring slices in batches buys
-over one slice at a time. It measures speed only: the models are built from default cards with
-untrained weights, which cost exactly as much time as trained ones. Tables are Markdown, for the
-README, under a header line naming the machine.
+Why: users need to know how long detection takes on an ordinary brain scan, and where the time goes,
+before choosing a score or a device. This times the whole ``detect`` pipeline for every score on the
+standard 182x218x182 MNI grid at 1 mm in 128x128 axial slices, on CPU and on CUDA where present, and
+what batching buys over one slice at a time. Speed only: the models are default cards with untrained
+weights, which cost the same time as trained ones. Markdown tables for the README, with the machine.
 """
 
 from __future__ import annotations
@@ -43,14 +41,9 @@ QUICK_STEPS, QUICK_SLICES = 3, 32
 
 
 def mni_volume(axial_slices: Optional[int] = None) -> sitk.Image:
-    """The nilearn MNI152 2009a T1 (197x233x189) resampled, centred, onto the 182x218x182 1 mm grid.
-
-    ``axial_slices`` keeps only that many central axial slices (for ``--quick``).
-    """
-    spec = importlib.util.find_spec("nilearn")
-    if spec is None or spec.origin is None:
-        sys.exit("nilearn is not installed; it ships the MNI152 template (make setup)")
-    image = sitk.ReadImage(str(Path(spec.origin).parent / "datasets" / "data" / MNI_T1), sitk.sitkFloat32)
+    """nilearn's MNI152 2009a T1 (197x233x189) resampled, centred, to 182x218x182 (or ``axial_slices``) at 1 mm."""
+    nilearn = Path(str(importlib.util.find_spec("nilearn").origin)).parent  # a dependency; its wheel ships MNI152
+    image = sitk.ReadImage(str(nilearn / "datasets" / "data" / MNI_T1), sitk.sitkFloat32)
     size = [GRID[0], GRID[1], axial_slices or GRID[2]]
     centre = np.array(image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()]))
     direction = np.array(image.GetDirection()).reshape(3, 3)
@@ -65,10 +58,9 @@ def machine(devices: List[torch.device]) -> Dict[str, Any]:
     if os.path.exists("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as info:
             cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
-    cuda = any(d.type == "cuda" for d in devices)
     return {"cpu": cpu, "cores": os.cpu_count(), "os": f"{platform.system()} {platform.release()}",
             "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(0) if cuda else None,
+            "gpu": next((torch.cuda.get_device_name(d) for d in devices if d.type == "cuda"), None),
             "load_average": load_average(),
             "date": datetime.datetime.now().isoformat(timespec="seconds")}
 
@@ -96,9 +88,9 @@ def best_time(run: Callable[[], Any], device: torch.device, repeats: int) -> flo
 
 
 def score_params(arch: str, score: str, steps: int) -> Dict[str, Any]:
-    uses_projection = score == "energy_projection" or (score == "ensemble" and "energy_projection" in
-                                                         default_members(arch))
-    return {"steps": steps} if uses_projection else {}
+    """``steps`` for energy_projection, also inside an ensemble that has it as a member."""
+    projects = score == "energy_projection" or (score == "ensemble" and "energy_projection" in default_members(arch))
+    return {"steps": steps} if projects else {}
 
 
 def per_volume(
@@ -154,14 +146,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.energy_steps is None:
-        args.energy_steps = QUICK_STEPS if args.quick else DEFAULT_STEPS
-    if args.repeats is None:
-        args.repeats = 1 if args.quick else 3
-    if args.device == "all":
-        devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    else:
-        devices = [resolve_device(args.device)]
+    for name, full, quick in (("energy_steps", DEFAULT_STEPS, QUICK_STEPS), ("repeats", 3, 1)):
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+    devices = ([torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+               if args.device == "all" else [resolve_device(args.device)])
 
     facts = machine(devices)
     volume = mni_volume(QUICK_SLICES if args.quick else None)
@@ -177,9 +166,8 @@ def main() -> None:
     models = [build_model(make_card(arch=arch, size=SIZE, name=f"benchmark-{arch}")) for arch in ("vae", "ae")]
     prepared = prepare_volume(volume, models[0].card, "MNI152")
     slices = prepared.slices[prepared.foreground_fraction() > 0]
-    if args.quick:
-        middle = max(0, len(slices) // 2 - QUICK_SLICES // 2)
-        slices = slices[middle:middle + QUICK_SLICES]
+    if args.quick:  # the central QUICK_SLICES
+        slices = slices[max(0, len(slices) // 2 - QUICK_SLICES // 2):][:QUICK_SLICES]
     table1: List[Dict] = []
     table2: List[Dict] = []
     for device in devices:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from .device import DEVICES, resolve_device
 from .errors import AnomalyDetectionError, InputError
-from .models import bundled_model_paths, load_model
+from .models import bundled_model_paths, bundled_models_dir, load_model
 from .models.model_file import SLICE_AXES, load_model_file
 from .postprocessing import SMOOTHING, postprocessing_settings
 from .preprocessing.io import IMAGE_EXTENSIONS, case_stem, write_image_atomic, write_text_atomic
@@ -107,6 +107,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"wrote {args.output}: {model.card['arch']} trained on {training['train_slices']} slices in "
           f"{training['duration_s']} s, best validation loss {training['best_validation_loss']:.2f}")
     print("calibrated thresholds: " + ", ".join(f"{k} {v:.4g}" for k, v in model.thresholds.items()))
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .models import save_model
+    from .training import calibrate
+
+    resolve_device(args.device)
+    model = load_model(args.model)
+    if args.output is None and model.path is not None and model.path.parent == bundled_models_dir():
+        raise InputError(f"{args.model} is a bundled model: give --output for the recalibrated copy")
+    bar = TqdmProgress("calibrate", enabled=not args.quiet)
+    try:
+        calibration = calibrate(model, expand_inputs(args.normal), args.percentile, batch_size=args.batch_size,
+                                device=args.device, progress=bar)
+    finally:
+        bar.close()
+    output = args.output or model.path
+    save_model(model, output)
+    print(f"wrote {output}: thresholds at the {args.percentile}th percentile of {calibration['n_volumes']} "
+          "normal volume(s): " + ", ".join(f"{k} {v:.4g}" for k, v in calibration["thresholds"].items()))
     return 0
 
 
@@ -257,6 +278,16 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", choices=DEVICES, default="auto")
     tr.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     tr.set_defaults(func=cmd_train)
+
+    ca = sub.add_parser("calibrate", help="recalibrate a model's thresholds on normal volumes (e.g. your scanner's)")
+    ca.add_argument("model", help="model file or bundled model name")
+    ca.add_argument("normal", nargs="+", help="normal volumes not used in training: files, folders or globs")
+    ca.add_argument("--output", "-o", help="model file to write (default: overwrite the given model file)")
+    ca.add_argument("--percentile", type=float, default=99.5, help="threshold percentile of normal voxels")
+    ca.add_argument("--batch-size", type=int, default=32)
+    ca.add_argument("--device", choices=DEVICES, default="auto")
+    ca.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    ca.set_defaults(func=cmd_calibrate)
 
     de = sub.add_parser("detect", help="anomaly map, mask and report for each input volume")
     de.add_argument("inputs", nargs="+", help="volumes: files, DICOM folders, folders of files or globs")
