@@ -1,6 +1,6 @@
 """The README's demo: train a small model on real anatomy, find an inserted lesion, print the metrics.
 
-Until the bundled brain model exists, the model is trained here on the fly (about a minute on a
+Until the bundled brain model exists, the model is trained here on the fly (about two minutes on a
 laptop CPU): normal "subjects" are random plausible deformations and contrast changes of the
 MNI152 2009a T1 template shipped in the nilearn wheel; the test subject is another draw, never
 seen in training, with a bright tumour-like blob inserted. Outputs: the model, the input, its
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--output-dir", default="demo-output")
     parser.add_argument("--spacing", type=float, default=2.0, help="resolution of the generated brains (mm)")
     parser.add_argument("--subjects", type=int, default=8, help="normal subjects to generate")
-    parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--size", type=int, default=64, help="slice size the model works at")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")

@@ -96,7 +96,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         model = train(
             volumes, args.output, arch=args.arch, size=args.size, latent_dim=args.latent, beta=args.beta,
-            channels=args.channels, slice_axis=args.slice_axis, foreground=args.foreground, epochs=args.epochs,
+            channels=args.channels, norm=args.norm, slice_axis=args.slice_axis, foreground=args.foreground,
+            epochs=args.epochs,
             batch_size=args.batch_size, learning_rate=args.lr, val_fraction=args.val_fraction, seed=args.seed,
             device=args.device, calibration_volumes=calibration, percentile=args.percentile, resume=args.resume,
             description=args.description, progress=bar,
@@ -263,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--beta", type=float, default=1.0, help="KL weight of the (beta-)VAE")
     tr.add_argument("--size", type=int, default=128, help="in-plane slice size, a multiple of 16")
     tr.add_argument("--channels", type=_channels, default=[32, 64, 128, 128], help="encoder channels, e.g. 32,64,128")
+    tr.add_argument("--norm", choices=("instance", "batch"), default="instance", help="normalisation layers")
     tr.add_argument("--slice-axis", choices=SLICE_AXES, default="axial")
     tr.add_argument("--foreground", choices=("otsu", "nonzero"), default="otsu")
     tr.add_argument("--epochs", type=int, default=20)

@@ -53,7 +53,9 @@ class SliceVAE(nn.Module):
         )
 
     def encode(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        return self.net.encode_forward(x)
+        # As VarAutoEncoder.encode_forward, but reshape: some normalisations leave non-contiguous features.
+        features = self.net.intermediate(self.net.encode(x)).reshape(x.shape[0], -1)
+        return self.net.mu(features), self.net.logvar(features)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.net.decode_forward(z, use_sigmoid=True)
@@ -99,8 +101,8 @@ class SliceAE(nn.Module):
         self.from_latent = nn.Linear(latent_dim, flat)
 
     def encode(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        features = self.net.intermediate(self.net.encode(x))
-        return self.to_latent(features.flatten(1)), None
+        features = self.net.intermediate(self.net.encode(x)).reshape(x.shape[0], -1)
+        return self.to_latent(features), None
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         features = F.relu(self.from_latent(z)).view(z.shape[0], *self.final_shape)

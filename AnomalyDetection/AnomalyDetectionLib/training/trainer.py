@@ -53,6 +53,7 @@ def train(
     latent_dim: Optional[int] = None,
     beta: float = 1.0,
     channels: Sequence[int] = (32, 64, 128, 128),
+    norm: str = "instance",
     slice_axis: str = "axial",
     foreground: str = "otsu",
     epochs: int = 20,
@@ -82,7 +83,7 @@ def train(
     steps = Progress(progress, cancel)
     torch_device = resolve_device(device)
     aug = augmentation_settings(augmentation)
-    card = make_card(arch=arch, size=size, latent_dim=latent_dim, channels=channels, beta=beta,
+    card = make_card(arch=arch, size=size, latent_dim=latent_dim, channels=channels, beta=beta, norm=norm,
                      slice_axis=slice_axis, foreground=foreground,
                      name=name or (Path(output).stem if output else f"{arch}-{size}"), description=description)
 
