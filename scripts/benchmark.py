@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import inspect
 import json
 import os
@@ -26,6 +25,7 @@ import SimpleITK as sitk
 import torch
 
 from AnomalyDetectionLib import detect
+from AnomalyDetectionLib.data import load_anatomy
 from AnomalyDetectionLib.device import resolve_device
 from AnomalyDetectionLib.models.model_file import Model, build_model, make_card
 from AnomalyDetectionLib.preprocessing import prepare_volume
@@ -33,7 +33,6 @@ from AnomalyDetectionLib.scoring import score_slices, scores_for
 from AnomalyDetectionLib.scoring.ensemble import default_members
 from AnomalyDetectionLib.scoring.slice_scores import energy_projection
 
-MNI_T1 = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 GRID = (182, 218, 182)  # the standard MNI152 1 mm grid (x, y, z)
 SIZE = 128
 DEFAULT_STEPS = int(inspect.signature(energy_projection).parameters["steps"].default)
@@ -42,8 +41,7 @@ QUICK_STEPS, QUICK_SLICES = 3, 32
 
 def mni_volume(axial_slices: Optional[int] = None) -> sitk.Image:
     """nilearn's MNI152 2009a T1 (197x233x189) resampled, centred, to 182x218x182 (or ``axial_slices``) at 1 mm."""
-    nilearn = Path(str(importlib.util.find_spec("nilearn").origin)).parent  # a dependency; its wheel ships MNI152
-    image = sitk.ReadImage(str(nilearn / "datasets" / "data" / MNI_T1), sitk.sitkFloat32)
+    image = load_anatomy("mni152_t1")
     size = [GRID[0], GRID[1], axial_slices or GRID[2]]
     centre = np.array(image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()]))
     direction = np.array(image.GetDirection()).reshape(3, 3)
