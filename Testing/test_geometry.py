@@ -19,8 +19,9 @@ from AnomalyDetectionLib.preprocessing import (
 )
 
 
-def oblique_volume() -> sitk.Image:
-    """An anisotropic, obliquely rotated head-like ellipsoid whose direction is closest to LPS... but not LPS."""
+def oblique_volume(flip_y: bool = True) -> sitk.Image:
+    """An anisotropic, obliquely rotated head-like ellipsoid; its direction is closest to LPS without
+    ``flip_y``, and to another orientation (an axis running anterior) with it."""
     z, y, x = np.mgrid[:24, :40, :36].astype(np.float32)
     head = ((z - 12) / 10) ** 2 + ((y - 20) / 17) ** 2 + ((x - 18) / 15) ** 2 <= 1
     array = np.where(head, 100 + 40 * np.sin(x / 4) * np.cos(y / 5), 0).astype(np.float32)
@@ -29,7 +30,7 @@ def oblique_volume() -> sitk.Image:
     image.SetOrigin((-41.5, 12.25, 30.0))
     rotation = sitk.Euler3DTransform()
     rotation.SetRotation(0.25, -0.15, 0.4)
-    flip = np.diag([1.0, -1.0, 1.0])  # an axis that runs anterior: not the canonical orientation
+    flip = np.diag([1.0, -1.0 if flip_y else 1.0, 1.0])
     image.SetDirection((np.asarray(rotation.GetMatrix()).reshape(3, 3) @ flip).ravel().tolist())
     return image
 
@@ -48,15 +49,17 @@ def assert_same_grid(output: sitk.Image, reference: sitk.Image) -> None:
     assert output.GetDirection() == reference.GetDirection()
 
 
-def test_input_is_oblique_and_not_canonical() -> None:
-    image = oblique_volume()
-    assert orientation_code(image) != "LPS"
+@pytest.mark.parametrize("flip_y, code", [(False, "LPS"), (True, "LAS")])
+def test_test_volumes_are_oblique(flip_y: bool, code: str) -> None:
+    image = oblique_volume(flip_y)
+    assert orientation_code(image) == code
     assert not np.allclose(np.abs(np.asarray(image.GetDirection()).reshape(3, 3)), np.eye(3))
 
 
+@pytest.mark.parametrize("flip_y", [False, True])
 @pytest.mark.parametrize("score", ["reconstruction", "combi"])
-def test_detect_outputs_sit_on_the_input_grid(score: str) -> None:
-    image = oblique_volume()
+def test_detect_outputs_sit_on_the_input_grid(score: str, flip_y: bool) -> None:
+    image = oblique_volume(flip_y)
     before = sitk.GetArrayFromImage(image).copy()
     result = detect(image, tiny_model(), score=score, device="cpu")
     for output in (result.anomaly_map, result.mask, result.foreground):
