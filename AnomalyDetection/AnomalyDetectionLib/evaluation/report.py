@@ -38,41 +38,12 @@ MAP_SUFFIX = "_anomaly"
 # ----------------------------------------------------------------------------------------- reading
 
 
-def _check_label(image: sitk.Image, name: str) -> None:
-    """Like :func:`validate_volume`, but a constant volume is fine.
-
-    An empty truth (a normal case) or a mask covering the whole volume is constant, which
-    ``validate_volume`` rightly rejects for scans but which is valid for labels.
-    """
-    try:
-        validate_volume(image, name)
-    except InputError:
-        shape_ok = image.GetDimension() == 3 and image.GetNumberOfComponentsPerPixel() == 1
-        if not (shape_ok and min(image.GetSize()) >= 2):
-            raise
-        array = sitk.GetArrayViewFromImage(image)
-        if not array.min() == array.max():  # not constant (or NaN): the error was about something else
-            raise
-
-
 def _load(item: ImageOrPath, name: str, label: bool) -> sitk.Image:
     """An image given in memory or as a path; labels (truth, mask) may be constant."""
     if isinstance(item, sitk.Image):
-        (_check_label if label else validate_volume)(item, name)
+        validate_volume(item, name, allow_constant=label)
         return item
-    if not label:
-        return read_volume(item)
-    try:
-        return read_volume(item)
-    except InputError as error:
-        if Path(item).is_dir():  # a DICOM series folder: read_volume's verdict stands
-            raise
-        try:  # read_volume also rejects constant volumes: read again, check as a label
-            image = sitk.ReadImage(str(item))
-        except RuntimeError:
-            raise error from None
-        _check_label(image, str(item))
-        return image
+    return read_volume(item, allow_constant=label)
 
 
 def _describe(item: ImageOrPath, kind: str, case: str) -> str:

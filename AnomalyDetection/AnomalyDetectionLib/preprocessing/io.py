@@ -31,8 +31,11 @@ def case_stem(path: PathLike) -> str:
     return name
 
 
-def read_volume(path: PathLike) -> sitk.Image:
-    """Read a 3D scalar volume from an image file or a DICOM series folder and validate it."""
+def read_volume(path: PathLike, allow_constant: bool = False) -> sitk.Image:
+    """Read a 3D scalar volume from an image file or a DICOM series folder and validate it.
+
+    ``allow_constant`` accepts a constant volume, as labels may be (an empty truth of a normal case).
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
@@ -45,7 +48,7 @@ def read_volume(path: PathLike) -> sitk.Image:
         first = str(exc).strip().splitlines()
         detail = first[-1] if first else "unknown reason"
         raise InputError(f"{path}: cannot be read as an image ({detail})") from None
-    validate_volume(image, str(path))
+    validate_volume(image, str(path), allow_constant)
     return image
 
 
@@ -60,8 +63,9 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
     return reader.Execute()
 
 
-def validate_volume(image: sitk.Image, name: str = "input") -> None:
-    """Raise :class:`InputError` unless ``image`` is a non-empty, finite, non-constant 3D scalar volume."""
+def validate_volume(image: sitk.Image, name: str = "input", allow_constant: bool = False) -> None:
+    """Raise :class:`InputError` unless ``image`` is a non-empty, finite, non-constant 3D scalar volume
+    (constant allowed with ``allow_constant``: a scan with nothing in it is an error, a label is not)."""
     dim = image.GetDimension()
     if dim == 4:
         raise InputError(f"{name}: 4D image (size {image.GetSize()}); give a single 3D volume")
@@ -79,7 +83,7 @@ def validate_volume(image: sitk.Image, name: str = "input") -> None:
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
         raise InputError(f"{name}: {bad} voxels are NaN or Inf")
-    if array.min() == array.max():
+    if not allow_constant and array.min() == array.max():
         raise InputError(f"{name}: volume is constant (every voxel is {array.flat[0]}); nothing to detect")
 
 
