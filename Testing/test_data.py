@@ -8,14 +8,21 @@ import SimpleITK as sitk
 
 from AnomalyDetectionLib.data import (
     ANATOMY,
+    LESION_TYPES,
     anatomy_path,
     available_anatomy,
     brain_mask,
     insert_blob,
+    insert_copied_patch,
+    insert_intensity_shift,
+    insert_lesion,
+    insert_noise_patch,
+    insert_tumour,
     load_anatomy,
     random_normal_subject,
 )
 from AnomalyDetectionLib.data import anatomy as anatomy_module
+from AnomalyDetectionLib.data import lesions as lesions_module
 from AnomalyDetectionLib.errors import InputError
 
 SPACING = 4.0
@@ -160,3 +167,171 @@ def test_random_normal_subject_keeps_geometry_and_is_seeded(mni4, mask4) -> None
     assert array(first)[array(moved) == 1].mean() > 3 * array(first)[array(moved) == 0].mean()
     assert 0.85 < array(moved).sum() / array(mask4).sum() < 1.2
     assert random_normal_subject(mni4, 1)[1] is None
+
+
+def robust_span(image: sitk.Image, mask: sitk.Image) -> float:
+    low, high = np.percentile(array(image)[array(mask) == 1], [1, 99])
+    return float(high - low)
+
+
+def same_geometry(out: sitk.Image, reference: sitk.Image) -> bool:
+    return (
+        out.GetSize() == reference.GetSize()
+        and out.GetOrigin() == reference.GetOrigin()
+        and out.GetSpacing() == reference.GetSpacing()
+        and out.GetDirection() == reference.GetDirection()
+    )
+
+
+@pytest.mark.parametrize("kind", sorted(LESION_TYPES))
+def test_every_lesion_kind_is_seeded_and_its_truth_is_what_changed(kind, mni4, mask4) -> None:
+    before = array(mni4).copy()
+    lesion, truth = insert_lesion(mni4, kind, 3, brain_mask=mask4)
+    again = insert_lesion(mni4, kind, np.random.default_rng(3), brain_mask=mask4)
+    other = insert_lesion(mni4, kind, 4, brain_mask=mask4)
+    np.testing.assert_array_equal(array(mni4), before)  # input untouched
+    np.testing.assert_array_equal(array(lesion), array(again[0]))
+    np.testing.assert_array_equal(array(truth), array(again[1]))
+    assert not np.array_equal(array(truth), array(other[1]))
+    assert lesion.GetPixelID() == sitk.sitkFloat32 and truth.GetPixelID() == sitk.sitkUInt8
+    assert same_geometry(lesion, mni4) and same_geometry(truth, mni4)
+
+    span = robust_span(mni4, mask4)
+    diff = np.abs(array(lesion) - before)
+    inside = array(truth) == 1
+    assert set(np.unique(array(truth))) == {0, 1} and inside.sum() >= 5
+    assert (array(mask4)[inside] == 1).mean() > 0.8  # in the brain
+    assert (diff[inside] > 0.01 * span).mean() > 0.85  # the truth really changed
+    if kind == "tumour":
+        return  # mass effect changes normal tissue outside the truth: see the tumour tests
+    assert diff[~inside].sum() < diff[inside].sum()
+    assert np.count_nonzero(diff[~inside] > 0.05 * span) < 2 * inside.sum()  # at most a thin soft border
+    if kind in ("noise_patch", "copied_patch", "intensity_shift"):
+        assert diff[~inside].max() <= lesions_module.CHANGE_TOLERANCE * span  # a patch changes nothing else
+
+
+def test_blob_kinds_have_the_named_sign(mni4, mask4) -> None:
+    for seed in range(3):
+        hyper, truth = insert_lesion(mni4, "hyper_blob", seed, brain_mask=mask4)
+        hypo, _ = insert_lesion(mni4, "hypo_blob", seed, brain_mask=mask4)
+        inside = array(truth) == 1
+        assert (array(hyper) - array(mni4))[inside].min() > 0
+        assert (array(hypo) - array(mni4))[inside].max() < 0
+
+
+def test_unknown_lesion_kind_lists_the_known_ones(mni4) -> None:
+    with pytest.raises(ValueError, match="copied_patch") as error:
+        insert_lesion(mni4, "wart", 0)
+    assert all(kind in str(error.value) for kind in LESION_TYPES)
+
+
+def test_tumour_has_dark_core_bright_rim_and_darker_oedema(mni4, mask4) -> None:
+    centre = (-30.0, -10.0, 15.0)
+    lesion, truth, labels = insert_tumour(mni4, 2, brain_mask=mask4, radius_mm=20.0, center=centre, labels=True)
+    assert labels.GetPixelID() == sitk.sitkUInt8 and same_geometry(labels, mni4)
+    label = array(labels)
+    assert set(np.unique(label)) == {0, 1, 2, 3}
+    np.testing.assert_array_equal(array(truth), (label > 0).astype(np.uint8))
+    assert labels[labels.TransformPhysicalPointToIndex(centre)] == 1  # the core is at the centre
+    out = array(lesion)
+    core, rim, oedema = (out[label == k].mean() for k in (1, 2, 3))
+    assert core < rim and rim > oedema
+    assert core < array(mni4)[label == 1].mean()  # necrosis is hypo-intense
+    assert rim > array(mni4)[label == 2].mean() + 0.05 * robust_span(mni4, mask4)  # enhancement
+    # Oedema is mildly hypo-intense: darker than the tissue it replaced, but still tissue.
+    span = robust_span(mni4, mask4)
+    drop = (array(mni4) - out)[label == 3].mean()
+    assert 0.05 * span < drop < 0.35 * span
+    assert (label == 3).sum() > (label == 2).sum()  # oedema reaches well beyond the tumour
+
+
+def test_tumour_without_mass_effect_changes_only_its_region(mni4, mask4) -> None:
+    lesion, truth = insert_tumour(mni4, 5, brain_mask=mask4, radius_mm=15.0, mass_effect_mm=0.0)
+    diff = np.abs(array(lesion) - array(mni4))
+    inside = array(truth) == 1
+    span = robust_span(mni4, mask4)
+    assert diff[~inside].sum() < diff[inside].sum()
+    assert np.count_nonzero(diff[~inside] > 0.05 * span) < inside.sum()  # only the soft oedema fringe
+
+
+def test_tumour_mass_effect_moves_tissue_near_it_only(mni4, mask4) -> None:
+    out, labels, displacement = lesions_module._tumour(mni4, 6, mask4, 18.0, None, 4.0)
+    diff = np.abs(out - array(mni4))
+    span = robust_span(mni4, mask4)
+    outside = labels == 0
+    zone = displacement > 1e-3
+    assert displacement.max() == pytest.approx(4.0, rel=0.05)  # the peak at the tumour border
+    assert np.count_nonzero(diff[outside & zone] > 0.02 * span) > 20  # displaced tissue
+    assert diff[outside & ~zone].max() < 0.01 * span  # the rest of the brain is untouched
+
+
+def test_mass_effect_pushes_tissue_outward_by_the_displacement() -> None:
+    # On an image whose intensity is the distance to the centre, pushing tissue outward by u
+    # leaves at each point the intensity of a point u closer to the centre.
+    size, spacing = 50, 2.0
+    grid = (np.indices((size,) * 3) - (size - 1) / 2.0) * spacing
+    distance = np.sqrt((grid**2).sum(axis=0)).astype(np.float32)
+    image = sitk.GetImageFromArray(distance)
+    image.SetSpacing((spacing,) * 3)
+    image.SetOrigin((-(size - 1) / 2.0 * spacing,) * 3)
+    semi_axes = np.array([12.0, 12.0, 12.0])
+    moved, shift = lesions_module._mass_effect(image, np.zeros(3), semi_axes, np.eye(3), 3.0)
+    np.testing.assert_array_equal(distance, array(image))  # input untouched
+    ring = (distance > 14.0) & (distance < 30.0)
+    assert shift[ring].max() > 1.0
+    np.testing.assert_allclose(moved[ring], distance[ring] - shift[ring], atol=0.15)
+    far = shift == 0
+    assert far.any()
+    np.testing.assert_array_equal(moved[far], distance[far])  # outside the zone: bit for bit
+
+
+def test_lesion_centres_outside_the_image_are_input_errors(mni4) -> None:
+    with pytest.raises(InputError, match="outside the image"):
+        insert_tumour(mni4, 0, center=(500.0, 0.0, 0.0))
+    for insert in (insert_noise_patch, insert_copied_patch, insert_intensity_shift):
+        with pytest.raises(InputError, match="outside the image"):
+            insert(mni4, 0, center=(500.0, 0.0, 0.0))
+
+
+def test_noise_patch_replaces_the_box_by_noise(mni4, mask4) -> None:
+    centre = (10.0, -20.0, 20.0)
+    lesion, truth = insert_noise_patch(mni4, 1, brain_mask=mask4, size_mm=20.0, center=centre)
+    inside = array(truth) == 1
+    assert inside.sum() >= 0.9 * 5**3 and truth[truth.TransformPhysicalPointToIndex(centre)] == 1
+    noise, tissue = array(lesion)[inside], array(mni4)[inside]
+    assert abs(np.corrcoef(noise, tissue)[0, 1]) < 0.5  # nothing of the anatomy is left
+    assert noise.std() > 0.1 * robust_span(mni4, mask4)
+
+
+def test_copied_patch_comes_from_elsewhere_in_the_brain(mni4, mask4) -> None:
+    size = 16.0  # four voxels per side: the inner two are copied unblended
+    for seed in range(3):
+        lesion, truth = insert_copied_patch(mni4, seed, brain_mask=mask4, size_mm=size)
+        k, j, i = np.nonzero(array(truth))
+        core = array(lesion)[k.min() + 1:k.max(), j.min() + 1:j.max(), i.min() + 1:i.max()]
+        assert core.size > 0
+        windows = np.lib.stride_tricks.sliding_window_view(array(mni4), core.shape)
+        matches = np.argwhere(np.all(windows == core, axis=(3, 4, 5)))
+        assert len(matches) >= 1
+        target = np.array([k.min() + 1, j.min() + 1, i.min() + 1])
+        distance_mm = np.linalg.norm((matches - target) * SPACING, axis=1)
+        assert distance_mm.max() >= 2 * size
+        # The blended edge lies between the original and the source.
+        target_box = (slice(k.min(), k.max() + 1), slice(j.min(), j.max() + 1), slice(i.min(), i.max() + 1))
+        source = matches[np.argmax(distance_mm)] - 1
+        source_box = tuple(slice(s, s + b.stop - b.start) for s, b in zip(source, target_box))
+        out, original, copied = array(lesion)[target_box], array(mni4)[target_box], array(mni4)[source_box]
+        assert np.all(out >= np.minimum(original, copied) - 1e-3) and np.all(out <= np.maximum(original, copied) + 1e-3)
+
+
+def test_intensity_shift_adds_a_constant_of_either_sign(mni4, mask4) -> None:
+    span = robust_span(mni4, mask4)
+    signs = set()
+    for seed in range(6):
+        lesion, truth = insert_intensity_shift(mni4, seed, brain_mask=mask4)
+        inside = array(truth) == 1
+        change = (array(lesion) - array(mni4))[inside]
+        assert 0.15 * span - 1e-3 <= abs(change.mean()) <= 0.40 * span + 1e-3
+        assert np.allclose(change, change.mean(), atol=1e-3 * span)  # one offset, nowhere clipped here
+        signs.add(np.sign(change.mean()))
+    assert signs == {-1.0, 1.0}
