@@ -79,7 +79,7 @@ def test_calibrated_threshold_sets_the_false_positive_rate_on_normal_data(tiny_v
     (same pipeline as calibration); an unseen normal subject stays within a few per cent."""
     _, validation = split_volumes(4, 0.2, seed=0)  # how tiny_vae split its four volumes
     assert _false_positive_rate(tiny_vae, normal_volumes[validation[0]], score) == pytest.approx(0.005, abs=0.002)
-    assert _false_positive_rate(tiny_vae, normal_volumes[4], score) < 0.03
+    assert _false_positive_rate(tiny_vae, normal_volumes[4], score) < 0.05
 
 
 def test_bad_training_requests(normal_volumes) -> None:

@@ -18,9 +18,10 @@ from tqdm import tqdm
 from .device import DEVICES, resolve_device
 from .errors import AnomalyDetectionError, InputError
 from .models import bundled_model_paths, bundled_models_dir, load_model
-from .models.model_file import SLICE_AXES, load_model_file
+from .models.model_file import DEFAULT_MODEL, SLICE_AXES, load_model_file
 from .postprocessing import SMOOTHING, postprocessing_settings
 from .preprocessing.io import IMAGE_EXTENSIONS, case_stem, write_image_atomic, write_text_atomic
+from .preprocessing.template import DEFAULT_SPACING_MM, SUPPORTED_TEMPLATES, template_entry
 from .scoring import SCORES, check_score
 from .version import __version__
 
@@ -97,6 +98,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         model = train(
             volumes, args.output, arch=args.arch, size=args.size, latent_dim=args.latent, beta=args.beta,
             channels=args.channels, norm=args.norm, slice_axis=args.slice_axis, foreground=args.foreground,
+            template=template_entry(args.template, args.template_spacing) if args.template else None,
             epochs=args.epochs,
             batch_size=args.batch_size, learning_rate=args.lr, val_fraction=args.val_fraction, seed=args.seed,
             device=args.device, calibration_volumes=calibration, percentile=args.percentile, resume=args.resume,
@@ -213,8 +215,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _default_model() -> Path:
     paths = bundled_model_paths()
     if not paths:
-        raise InputError("no bundled model yet: pass --model PATH (train one with 'anomaly-detection train')")
-    return paths[0]
+        raise InputError("no bundled model found: pass --model PATH (train one with 'anomaly-detection train' "
+                         "or rebuild the bundled ones with 'make models')")
+    return next((p for p in paths if p.stem == DEFAULT_MODEL), paths[0])
 
 
 def _float(text: str, option: str) -> float:
@@ -267,6 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--norm", choices=("instance", "batch"), default="instance", help="normalisation layers")
     tr.add_argument("--slice-axis", choices=SLICE_AXES, default="axial")
     tr.add_argument("--foreground", choices=("otsu", "nonzero"), default="otsu")
+    tr.add_argument("--template", choices=SUPPORTED_TEMPLATES, default=None,
+                    help="train in this template's space: every volume is registered to it (as detect will)")
+    tr.add_argument("--template-spacing", type=float, default=DEFAULT_SPACING_MM,
+                    help="voxel size (mm) of the template space")
     tr.add_argument("--epochs", type=int, default=20)
     tr.add_argument("--batch-size", type=int, default=32)
     tr.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")

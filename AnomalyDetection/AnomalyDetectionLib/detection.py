@@ -107,13 +107,16 @@ def detect(
     model.to(torch_device)
     steps.report(0.0, f"{name}: preparing")
 
-    prepared = prepare_volume(image, model.card, name)
+    prepared = prepare_volume(image, model.card, name, steps.sub(0.0, 0.05))
     prepared_at = time.perf_counter()
     slice_maps = score_prepared(model, prepared, score, score_params, batch_size, steps.sub(0.05, 0.9))
     scored_at = time.perf_counter()
     foreground = foreground_image(prepared)
     anomaly_map = finalise_map(slice_maps, prepared, foreground, settings)
     threshold_value, source, warnings = _choose_threshold(model, score, threshold, settings, anomaly_map, foreground)
+    registration = prepared.registration
+    if registration is not None:
+        warnings = list(registration.warnings) + warnings
     mask = threshold_map(anomaly_map, threshold_value, foreground, settings)
     steps.report(1.0, f"{name}: done")
     finished = time.perf_counter()
@@ -146,6 +149,8 @@ def detect(
             "total_s": round(finished - started, 3),
         },
         "engine_version": __version__,
+        "template": model.card.get("template"),
+        "registration": registration.to_report() if registration is not None else None,
         "warnings": warnings,
     }
     return DetectionResult(anomaly_map=anomaly_map, mask=mask, foreground=foreground, report=report)

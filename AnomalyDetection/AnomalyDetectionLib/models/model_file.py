@@ -15,20 +15,23 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from ..errors import ModelError
+from ..preprocessing.template import validate_template_entry
 from ..version import __version__
 from .networks import ARCHITECTURES, build_network
 
 FORMAT = "anomaly-detection-model"
 FORMAT_VERSION = 1
 SLICE_AXES = ("axial", "coronal", "sagittal")
-FOREGROUND_METHODS = ("otsu", "nonzero")
+FOREGROUND_METHODS = ("otsu", "nonzero", "template")
 MODEL_SUFFIX = ".pt"
+#: The bundled model ``detect`` uses when none is named: the brain T1 VAE (default score combi).
+DEFAULT_MODEL = "brain_t1_vae"
 
 #: Keys every card must have, and the type each must have.
 _REQUIRED = {
@@ -62,8 +65,14 @@ def make_card(
     min_foreground_fraction: float = 0.05,
     name: str = "model",
     description: str = "",
+    template: Optional[Mapping[str, Any]] = None,
 ) -> Dict[str, Any]:
-    """A new model card with the engine's defaults; :func:`validate_card` checks it."""
+    """A new model card with the engine's defaults; :func:`validate_card` checks it.
+
+    ``template`` (see :func:`~AnomalyDetectionLib.preprocessing.template.template_entry`) makes a
+    model that works in a template space: inputs are registered to it and the template's brain
+    mask is the foreground, so ``foreground`` becomes ``"template"``.
+    """
     card = {
         "name": name,
         "description": description,
@@ -75,7 +84,8 @@ def make_card(
         "size": int(size),
         "slice_axis": slice_axis,
         "orientation": orientation,
-        "foreground": foreground,
+        "foreground": "template" if template is not None else foreground,
+        "template": dict(template) if template is not None else None,
         "min_foreground_fraction": float(min_foreground_fraction),
         "intensity": {"method": "percentile", "lower": float(intensity_percentiles[0]),
                       "upper": float(intensity_percentiles[1])},
@@ -113,6 +123,11 @@ def validate_card(card: Any, source: str = "model card") -> None:
     for ok, problem in checks:
         if not ok:
             raise ModelError(f"{source}: {problem}")
+    template = card.get("template")
+    if template is not None:
+        validate_template_entry(template, source)
+    if (template is not None) != (card["foreground"] == "template"):
+        raise ModelError(f"{source}: foreground rule 'template' goes with a template entry, and only with one")
 
 
 @dataclass

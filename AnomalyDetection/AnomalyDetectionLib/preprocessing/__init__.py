@@ -2,7 +2,7 @@
 
 from .intensity import foreground_mask, normalise_intensity
 from .io import case_stem, read_volume, validate_volume, write_image_atomic, write_text_atomic
-from .model_space import PreparedVolume, foreground_image, prepare_volume, to_input_grid_image
+from .model_space import PreparedVolume, foreground_image, model_space, prepare_volume, to_input_grid_image
 from .orientation import orientation_code, to_canonical, to_input_grid
 from .registration import (
     RegistrationResult,
@@ -22,6 +22,7 @@ __all__ = [
     "foreground_image",
     "foreground_mask",
     "normalise_intensity",
+    "model_space",
     "orientation_code",
     "plan_layout",
     "prepare_volume",

@@ -3,25 +3,50 @@
 ``prepare_volume`` orients, masks, normalises and slices a volume as the model card says;
 ``to_input_grid_image`` puts a stack of slice maps back on the input's exact grid. Training,
 calibration and detection all use these two, so a model sees the same kind of slice at every stage.
+
+Two kinds of model space:
+
+* the input's own space (no ``template`` in the card): a lossless reorientation, a foreground
+  from the card's rule (Otsu or non-zero), and the way back is the exact inverse permutation;
+* a template space (the card's ``template``): the input is affinely registered to the template
+  (any orientation, voxel size, field of view, skull or not), resampled onto the template grid,
+  and the template's brain mask is the foreground; maps and masks go back through the inverse
+  transform onto the input grid. The registration's quality measures and warnings travel with
+  the prepared volume into the detection report.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 import SimpleITK as sitk
 
+from ..progress import Progress
 from .intensity import foreground_mask, normalise_intensity
 from .io import validate_volume
 from .orientation import to_canonical, to_input_grid
+from .registration import RegistrationResult, register_to_template, resample_to_input, resample_to_template
 from .slicing import SliceLayout, plan_layout, slices_to_volume, volume_to_slices
+from .template import card_template
+
+#: The card entries that define a model space: two cards that agree on these see the same slices.
+SPACE_KEYS = ("orientation", "foreground", "template", "intensity", "slice_axis", "size")
+
+
+def model_space(card: Mapping[str, Any]) -> Dict[str, Any]:
+    """The part of a card that fixes how a volume is prepared (see :data:`SPACE_KEYS`)."""
+    return {key: card.get(key) for key in SPACE_KEYS}
 
 
 @dataclass
 class PreparedVolume:
-    """A volume in model space, with what is needed to go back to the input grid."""
+    """A volume in model space, with what is needed to go back to the input grid.
+
+    ``canonical`` is the model-space image (the reoriented input, or the input resampled onto
+    the template grid when ``registration`` is set); ``foreground`` its mask as an array.
+    """
 
     image: sitk.Image
     canonical: sitk.Image
@@ -29,17 +54,54 @@ class PreparedVolume:
     slices: np.ndarray
     slice_foreground: np.ndarray
     layout: SliceLayout
+    registration: Optional[RegistrationResult] = None
+    space: Optional[Dict[str, Any]] = None
+    name: str = "input"
+
+    def fits(self, card: Mapping[str, Any]) -> bool:
+        """Whether this volume was prepared for the model space of ``card`` (so it can be reused)."""
+        return self.space == model_space(card)
+
+    def to_input_grid(self, model_space_image: sitk.Image, label: bool = False) -> sitk.Image:
+        """An image on ``canonical``'s grid brought onto the input's exact grid (nearest neighbour if ``label``)."""
+        if self.registration is None:
+            return to_input_grid(model_space_image, self.image)
+        interpolator = sitk.sitkNearestNeighbor if label else sitk.sitkLinear
+        return resample_to_input(model_space_image, self.image, self.registration.transform, interpolator, 0.0)
 
     def foreground_fraction(self) -> np.ndarray:
         """Fraction of each slice that is foreground, shape ``(n,)``."""
         return self.slice_foreground.reshape(len(self.slice_foreground), -1).mean(1)
 
 
-def prepare_volume(image: sitk.Image, card: Mapping[str, Any], name: str = "input") -> PreparedVolume:
-    """Validate ``image`` and bring it into the space of the model ``card`` describes."""
+def prepare_volume(
+    image: sitk.Image,
+    card: Mapping[str, Any],
+    name: str = "input",
+    progress: Optional[Progress] = None,
+    registration: Optional[RegistrationResult] = None,
+) -> PreparedVolume:
+    """Validate ``image`` and bring it into the space of the model ``card`` describes.
+
+    For a template model the input is registered first (``progress`` follows and may cancel
+    it); a ``registration`` from an earlier call on the same image and template is reused
+    instead, which is how a benchmark scores several models of one template without
+    registering twice.
+    """
     validate_volume(image, name)
-    canonical = to_canonical(sitk.Cast(image, sitk.sitkFloat32), card["orientation"])
-    foreground = sitk.GetArrayFromImage(foreground_mask(canonical, card["foreground"])).astype(bool)
+    progress = progress or Progress()
+    template = card_template(card)
+    if template is None:
+        canonical = to_canonical(sitk.Cast(image, sitk.sitkFloat32), card["orientation"])
+        foreground = sitk.GetArrayFromImage(foreground_mask(canonical, card["foreground"])).astype(bool)
+    else:
+        if registration is None:
+            registration = register_to_template(image, template.image, template.brain,
+                                                progress=progress.as_callback(), cancel=progress.cancel)
+        low = float(np.min(sitk.GetArrayViewFromImage(image)))
+        canonical = resample_to_template(sitk.Cast(image, sitk.sitkFloat32), template.image,
+                                         registration.transform, sitk.sitkLinear, low)
+        foreground = sitk.GetArrayFromImage(template.brain).astype(bool)
     intensity = card["intensity"]
     normalised = normalise_intensity(
         sitk.GetArrayViewFromImage(canonical), foreground, (intensity["lower"], intensity["upper"]), name
@@ -47,7 +109,8 @@ def prepare_volume(image: sitk.Image, card: Mapping[str, Any], name: str = "inpu
     layout = plan_layout(normalised.shape, canonical.GetSpacing()[::-1], card["slice_axis"], card["size"])
     slices = volume_to_slices(normalised, layout)
     slice_foreground = volume_to_slices(foreground.astype(np.float32), layout) > 0.5
-    return PreparedVolume(image, canonical, foreground, slices, slice_foreground, layout)
+    return PreparedVolume(image, canonical, foreground, slices, slice_foreground, layout, registration,
+                          model_space(card), name)
 
 
 def to_input_grid_image(slice_maps: np.ndarray, prepared: PreparedVolume, restrict: bool = True) -> sitk.Image:
@@ -57,11 +120,11 @@ def to_input_grid_image(slice_maps: np.ndarray, prepared: PreparedVolume, restri
         volume = np.where(prepared.foreground, volume, 0.0).astype(np.float32)
     canonical_map = sitk.GetImageFromArray(volume)
     canonical_map.CopyInformation(prepared.canonical)
-    return to_input_grid(canonical_map, prepared.image)
+    return prepared.to_input_grid(canonical_map)
 
 
 def foreground_image(prepared: PreparedVolume) -> sitk.Image:
     """The foreground mask (uint8) on the input's exact grid."""
     mask = sitk.GetImageFromArray(prepared.foreground.astype(np.uint8))
     mask.CopyInformation(prepared.canonical)
-    return to_input_grid(mask, prepared.image)
+    return prepared.to_input_grid(mask, label=True)

@@ -17,10 +17,10 @@ from ..detection import finalise_map, foreground_values, score_prepared
 from ..device import resolve_device
 from ..models import Model
 from ..postprocessing import postprocessing_settings
-from ..preprocessing import foreground_image, prepare_volume
+from ..preprocessing import foreground_image
 from ..progress import CancelCheck, Progress, ProgressCallback
 from ..scoring import SLICE_SCORES, check_score, combine, score_statistics, scores_for
-from .dataset import VolumeInput, load_volume, volume_name
+from .dataset import VolumeInput, prepared_input, volume_name
 
 DEFAULT_PERCENTILE = 99.5
 
@@ -57,11 +57,12 @@ def calibrate(
     slice_values: Dict[str, List[np.ndarray]] = {s: [] for s in base_scores}
     for index, volume in enumerate(normal_volumes):
         part = steps.sub(index / len(normal_volumes), (index + 1) / len(normal_volumes))
-        prepared = prepare_volume(load_volume(volume), model.card, volume_name(volume, index))
+        prepared = prepared_input(volume, model.card, index, part.sub(0.0, 0.2))
         maps = {}
+        scoring = part.sub(0.2, 1.0)
         for k, score in enumerate(base_scores):
             maps[score] = score_prepared(model, prepared, score, None, batch_size,
-                                         part.sub(k / len(base_scores), (k + 1) / len(base_scores)))
+                                         scoring.sub(k / len(base_scores), (k + 1) / len(base_scores)))
             slice_values[score].append(_subsample(maps[score][prepared.slice_foreground], max_voxels_per_volume, rng))
         per_volume.append(maps)
         prepared_volumes.append(prepared)

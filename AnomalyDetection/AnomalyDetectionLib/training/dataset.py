@@ -10,18 +10,30 @@ import SimpleITK as sitk
 import torch
 from monai.transforms import Compose
 
-from ..preprocessing import prepare_volume, read_volume
+from ..preprocessing import PreparedVolume, prepare_volume, read_volume
 from ..progress import Progress
 
-VolumeInput = Union[sitk.Image, str, "os.PathLike[str]"]
+#: A normal volume for training or calibration: an image, a file, or a volume already prepared for
+#: the model's space (registering many volumes once and training several models on them is faster).
+VolumeInput = Union[sitk.Image, str, "os.PathLike[str]", PreparedVolume]
 
 
 def volume_name(volume: VolumeInput, index: int) -> str:
+    if isinstance(volume, PreparedVolume):
+        return volume.name
     return str(volume) if not isinstance(volume, sitk.Image) else f"volume {index + 1}"
 
 
-def load_volume(volume: VolumeInput) -> sitk.Image:
-    return volume if isinstance(volume, sitk.Image) else read_volume(volume)
+def prepared_input(
+    volume: VolumeInput, card: Mapping[str, Any], index: int, progress: Optional[Progress] = None
+) -> PreparedVolume:
+    """``volume`` in the model space of ``card``: prepared now, or checked if it already is."""
+    if isinstance(volume, PreparedVolume):
+        if not volume.fits(card):
+            raise ValueError(f"{volume.name} was prepared for another model space than this model's")
+        return volume
+    image = volume if isinstance(volume, sitk.Image) else read_volume(volume)
+    return prepare_volume(image, card, volume_name(volume, index), progress)
 
 
 def extract_slices(
@@ -38,7 +50,7 @@ def extract_slices(
     owners: List[np.ndarray] = []
     for index, volume in enumerate(volumes):
         progress.report(index / len(volumes), f"reading normal volume {index + 1} of {len(volumes)}")
-        prepared = prepare_volume(load_volume(volume), card, volume_name(volume, index))
+        prepared = prepared_input(volume, card, index, progress.sub(index / len(volumes), (index + 1) / len(volumes)))
         keep = prepared.foreground_fraction() >= minimum
         kept.append(prepared.slices[keep])
         owners.append(np.full(int(keep.sum()), index))

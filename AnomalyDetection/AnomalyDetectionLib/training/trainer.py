@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from monai.data import DataLoader
 
 from ..device import resolve_device
 from ..errors import ModelError
@@ -56,12 +57,14 @@ def train(
     norm: str = "instance",
     slice_axis: str = "axial",
     foreground: str = "otsu",
+    template: Optional[Mapping[str, Any]] = None,
     epochs: int = 20,
     batch_size: int = 32,
     learning_rate: float = 1e-3,
     val_fraction: float = 0.2,
     seed: int = 0,
     device: str = "auto",
+    workers: int = 0,
     augmentation: Optional[Mapping[str, Any]] = None,
     calibration_volumes: Optional[Sequence[VolumeInput]] = None,
     percentile: float = DEFAULT_PERCENTILE,
@@ -74,7 +77,10 @@ def train(
     """Train a model on ``normal_volumes`` (images or paths), calibrate it, and save it to ``output``.
 
     Thresholds are calibrated on ``calibration_volumes``, else on the validation volumes; with a
-    single volume, on that volume itself (the card says so). Returns the trained model.
+    single volume, on that volume itself (the card says so). ``template`` (a card template entry,
+    see :func:`~AnomalyDetectionLib.preprocessing.template_entry`) trains in template space: every
+    volume is registered to the template first, as at detection time. ``workers`` processes
+    augment slices in parallel (augmentation, not the network, limits a GPU). Returns the trained model.
     """
     if not normal_volumes:
         raise ValueError("training needs at least one normal volume")
@@ -84,7 +90,7 @@ def train(
     torch_device = resolve_device(device)
     aug = augmentation_settings(augmentation)
     card = make_card(arch=arch, size=size, latent_dim=latent_dim, channels=channels, beta=beta, norm=norm,
-                     slice_axis=slice_axis, foreground=foreground,
+                     slice_axis=slice_axis, foreground=foreground, template=template,
                      name=name or (Path(output).stem if output else f"{arch}-{size}"), description=description)
 
     train_idx, val_idx = split_volumes(len(normal_volumes), val_fraction, seed)
@@ -111,8 +117,10 @@ def train(
     for epoch in range(first_epoch, epochs):
         torch.manual_seed(seed * 100_003 + epoch)
         transform = make_augmentation(aug, size, seed * 100_003 + epoch)
-        loader = torch.utils.data.DataLoader(
-            SliceDataset(train_slices, transform), batch_size=batch_size, shuffle=True,
+        # MONAI's loader reseeds the augmentation in each worker from the generator, so a run
+        # with the same number of workers is reproducible and workers do not repeat draws.
+        loader = DataLoader(
+            SliceDataset(train_slices, transform), batch_size=batch_size, shuffle=True, num_workers=workers,
             generator=torch.Generator().manual_seed(seed * 100_003 + epoch),
         )
         model.network.train()
@@ -154,6 +162,7 @@ def train(
         "learning_rate": learning_rate,
         "optimizer": "Adam",
         "seed": seed,
+        "workers": workers,
         "augmentation": aug,
         "best_validation_loss": best_val,
         "history": history,
