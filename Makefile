@@ -4,11 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint benchmark clean
+.PHONY: setup demo test lint benchmark speed models clean
 
 setup: $(STAMP)
 
 $(STAMP): requirements.txt pyproject.toml
+	@scripts/install_anatomy.sh
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
@@ -25,6 +26,9 @@ test: $(STAMP)
 
 benchmark: $(STAMP)
 	$(BIN)/python scripts/benchmark.py
+
+models: $(STAMP)
+	$(BIN)/python scripts/train_bundled_models.py
 
 clean:
 	rm -rf $(VENV) demo-output benchmark-output

@@ -8,6 +8,10 @@ no download at run time:
   a dependency of the project, so it is always present.
 * Colin27 (single subject, with and without skull) comes with Debian's ``mricron-data`` package;
   it is optional and only used where installed.
+
+A folder named by the environment variable ``ANOMALY_DETECTION_ANATOMY_DIR`` is searched first
+for the same file names, for machines where the packages cannot be installed (a cluster node,
+a Slicer without nilearn).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
+import os
 from pathlib import Path
 from typing import Dict, NamedTuple, Optional, Union
 
@@ -58,8 +63,15 @@ def _nilearn_data_dir() -> Path:
     return Path(spec.origin).parent / "datasets" / "data"
 
 
+#: Environment variable naming an extra folder that holds template files under their usual names.
+ANATOMY_DIR_VARIABLE = "ANOMALY_DETECTION_ANATOMY_DIR"
+
+
 def _candidate_path(name: str) -> Path:
     entry = ANATOMY[name]
+    override = os.environ.get(ANATOMY_DIR_VARIABLE)
+    if override and (Path(override) / entry.filename).is_file():
+        return Path(override) / entry.filename
     folder = _nilearn_data_dir() if entry.source == "nilearn" else COLIN27_DIR
     return folder / entry.filename
 

@@ -120,7 +120,11 @@ def to_input_grid_image(slice_maps: np.ndarray, prepared: PreparedVolume, restri
         volume = np.where(prepared.foreground, volume, 0.0).astype(np.float32)
     canonical_map = sitk.GetImageFromArray(volume)
     canonical_map.CopyInformation(prepared.canonical)
-    return prepared.to_input_grid(canonical_map)
+    mapped = prepared.to_input_grid(canonical_map)
+    if restrict and prepared.registration is not None:
+        # Linear interpolation spreads the map half a voxel past the mask's nearest-neighbour border.
+        mapped = sitk.Mask(mapped, foreground_image(prepared))
+    return mapped
 
 
 def foreground_image(prepared: PreparedVolume) -> sitk.Image:
