@@ -25,7 +25,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 benchmark: $(STAMP)
-	$(BIN)/python scripts/benchmark.py
+	$(BIN)/anomaly-detection benchmark --output-dir benchmark-output
+
+speed: $(STAMP)
+	$(BIN)/python scripts/speed_benchmark.py
 
 models: $(STAMP)
 	$(BIN)/python scripts/train_bundled_models.py

@@ -1,4 +1,4 @@
-"""The ``anomaly-detection`` command: models, train, detect, evaluate.
+"""The ``anomaly-detection`` command: models, train, calibrate, detect, evaluate, benchmark.
 
 Every user error is one line on stderr naming the file and the problem, with exit code 2;
 ``detect`` on many inputs goes on past a bad one and reports it at the end.
@@ -11,18 +11,18 @@ import glob
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
 from .device import DEVICES, resolve_device
 from .errors import AnomalyDetectionError, InputError
-from .models import bundled_model_paths, bundled_models_dir, load_model
+from .models import Model, bundled_model_paths, bundled_models_dir, load_model
 from .models.model_file import DEFAULT_MODEL, SLICE_AXES, load_model_file
 from .postprocessing import SMOOTHING, postprocessing_settings
 from .preprocessing.io import IMAGE_EXTENSIONS, case_stem, write_image_atomic, write_text_atomic
 from .preprocessing.template import DEFAULT_SPACING_MM, SUPPORTED_TEMPLATES, template_entry
-from .scoring import SCORES, check_score
+from .scoring import SCORES, check_score, scores_for
 from .version import __version__
 
 EXIT_USER_ERROR = 2
@@ -212,6 +212,68 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from .evaluation.benchmark import format_table, run_benchmark, write_benchmark
+
+    resolve_device(args.device)
+    if args.limit is not None and args.limit < 1:
+        raise InputError(f"--limit must be at least 1, not {args.limit}")
+    models = [load_model(name) for name in args.model] if args.model else _bundled_models()
+    models, scores = _benchmark_scores(models, args.score)
+    cases, total = _benchmark_cases(args.quick, args.limit)
+    bar = TqdmProgress("benchmark", enabled=not args.quiet)
+    try:
+        report = run_benchmark(models, cases, scores, device=args.device, batch_size=args.batch_size,
+                               progress=bar, total=total)
+    finally:
+        bar.close()
+    paths = write_benchmark(report, args.output_dir)
+    print(format_table(report))
+    print(f"{report['n_cases']} cases in {report['seconds_total']:.0f} s; wrote "
+          + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _bundled_models() -> List[Model]:
+    """Every bundled model, the default one first (the benchmark checks its targets on the first)."""
+    paths = sorted(bundled_model_paths(), key=lambda p: p.stem != DEFAULT_MODEL)
+    if not paths:
+        raise InputError("no bundled models found: build them with 'make models', or pass --model NAME_OR_PATH")
+    return [load_model(p) for p in paths]
+
+
+def _benchmark_scores(
+    models: List[Model], requested: Optional[Sequence[str]]
+) -> Tuple[List[Model], Optional[Dict[str, List[str]]]]:
+    """``(models, scores per model name)`` for ``--score``: each model runs the requested scores it
+    has (kl_grad is VAE-only), and a model with none of them is left out with a note."""
+    if not requested:
+        return models, None
+    kept: List[Model] = []
+    scores: Dict[str, List[str]] = {}
+    for model in models:
+        chosen = [s for s in dict.fromkeys(requested) if s in scores_for(model)]
+        if chosen:
+            kept.append(model)
+            scores[model.name] = chosen
+        else:
+            print(f"anomaly-detection: note: model {model.name} has none of the scores {', '.join(requested)}; "
+                  "left out", file=sys.stderr)
+    if not kept:
+        raise InputError(f"no model has the score(s) {', '.join(requested)}")
+    return kept, scores
+
+
+def _benchmark_cases(quick: bool, limit: Optional[int]) -> Tuple[Iterable[Any], int]:
+    """``(cases, number of cases)``: the generated benchmark cases, each made only when the run
+    reaches it, so the whole set never sits in memory."""
+    from .data.benchmark_cases import benchmark_case_specs, iter_benchmark_cases
+    from .evaluation.benchmark import balanced_subset
+
+    specs = balanced_subset(benchmark_case_specs(quick=quick), limit)
+    return iter_benchmark_cases(specs), len(specs)
+
+
 def _default_model() -> Path:
     paths = bundled_model_paths()
     if not paths:
@@ -320,6 +382,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--output", default="report.json", help="JSON report; a CSV is written beside it")
     ev.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     ev.set_defaults(func=cmd_evaluate)
+
+    be = sub.add_parser("benchmark", help="lesion benchmark: every model and score on generated cases with "
+                                          "ground truth; table, CSV/JSON report and figure")
+    be.add_argument("--model", "-m", nargs="+", action="extend", metavar="NAME_OR_PATH",
+                    help="models to benchmark (default: every bundled model, the default one first)")
+    be.add_argument("--score", nargs="+", action="extend", choices=SCORES,
+                    help="scores to run (default: every score each model has)")
+    be.add_argument("--quick", action="store_true", help="the small case set (a few minutes on a CPU)")
+    be.add_argument("--limit", type=int, help="run at most N cases, taken in turn from each lesion type and normal")
+    be.add_argument("--output-dir", "-o", default="benchmark-output")
+    be.add_argument("--device", choices=DEVICES, default="auto")
+    be.add_argument("--batch-size", type=int, default=32)
+    be.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    be.set_defaults(func=cmd_benchmark)
     return parser
 
 

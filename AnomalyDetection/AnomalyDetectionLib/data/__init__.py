@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .anatomy import ANATOMY, anatomy_path, available_anatomy, brain_mask, load_anatomy, resample_isotropic
+from .benchmark_cases import benchmark_case_specs, iter_benchmark_cases
 from .lesions import (
     LESION_TYPES,
     insert_blob,
@@ -13,12 +14,15 @@ from .lesions import (
     insert_tumour,
     random_normal_subject,
 )
+from .population import SPLIT_SEEDS, make_case, make_subject, population, population_anatomy
 
 __all__ = [
     "ANATOMY",
     "LESION_TYPES",
+    "SPLIT_SEEDS",
     "anatomy_path",
     "available_anatomy",
+    "benchmark_case_specs",
     "brain_mask",
     "insert_blob",
     "insert_copied_patch",
@@ -26,7 +30,12 @@ __all__ = [
     "insert_lesion",
     "insert_noise_patch",
     "insert_tumour",
+    "iter_benchmark_cases",
     "load_anatomy",
+    "make_case",
+    "make_subject",
+    "population",
+    "population_anatomy",
     "random_normal_subject",
     "resample_isotropic",
 ]

@@ -7,8 +7,9 @@ or Slicer's Python without a display.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
-from typing import Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -29,6 +30,83 @@ def _axial_views(images: Sequence[Optional[sitk.Image]], index: Optional[int], f
     return [a[index] if a is not None else None for a in arrays], index
 
 
+#: The panels of a figure row: title, which view is drawn as an outline over the input, its colour.
+PANELS = (("input", None, None), ("reference", "truth", "lime"), ("anomaly map", None, None), ("mask", "mask", "red"))
+
+
+def axial_slices(
+    image: sitk.Image,
+    anomaly_map: sitk.Image,
+    mask: Optional[sitk.Image] = None,
+    truth: Optional[sitk.Image] = None,
+    slice_index: Optional[int] = None,
+) -> Tuple[Dict[str, Any], int]:
+    """The 2D axial views a figure row shows, and the slice index (LPS, anterior up).
+
+    The slice goes through the truth's (else the map's) centre of mass, so the lesion is in view.
+    Returning small 2D arrays lets a long run (the benchmark) keep the pictures of a few cases
+    without keeping their volumes. ``aspect`` is the in-plane voxel height/width ratio.
+    """
+    focus = truth if truth is not None else anomaly_map
+    (img, heat, msk, ref), index = _axial_views([image, anomaly_map, mask, truth], slice_index, focus)
+    spacing = to_canonical(image, "LPS").GetSpacing()
+    views = {"image": img, "anomaly_map": heat, "mask": msk, "truth": ref, "aspect": spacing[1] / spacing[0]}
+    return views, index
+
+
+def _draw_row(axes: Sequence[Any], views: Mapping[str, Any], titles: Optional[Mapping[str, str]] = None) -> None:
+    """One row of panels (:data:`PANELS`, less the outlines without a view), titled with the panel
+    names, or as ``titles`` renames them, or untitled when ``titles`` is empty."""
+    img = np.asarray(views["image"], dtype=np.float32)
+    heat = np.asarray(views["anomaly_map"], dtype=np.float32)
+    aspect = float(views.get("aspect") or 1.0)
+    low, high = np.percentile(img, [1, 99.5])
+    panels = [p for p in PANELS if p[1] is None or views.get(p[1]) is not None]
+    for axis, (label, outline_key, colour) in zip(axes, panels):
+        axis.imshow(img, cmap="gray", vmin=low, vmax=high, aspect=aspect)
+        if label == "anomaly map":
+            shown = np.ma.masked_where(heat <= 0, heat)
+            top = np.percentile(heat[heat > 0], 99.9) if (heat > 0).any() else 1.0
+            axis.imshow(shown, cmap="inferno", vmin=0, vmax=top, alpha=0.85, aspect=aspect)
+        outline = None if outline_key is None else np.asarray(views[outline_key])
+        if outline is not None and outline.any():
+            axis.contour(outline > 0, levels=[0.5], colors=colour, linewidths=1.0)
+        if titles is None or titles:
+            axis.set_title((titles or {}).get(label, label))
+        axis.set_xticks([])
+        axis.set_yticks([])
+        for spine in axis.spines.values():
+            spine.set_visible(False)
+
+
+def _save(figure: Any, path: Union[str, os.PathLike[str]]) -> None:
+    """Write ``figure`` as PNG through a temporary file, so a reader never sees half a picture."""
+    from matplotlib import pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=str(path.parent))
+    os.close(fd)
+    try:
+        figure.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    finally:
+        plt.close(figure)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    return plt
+
+
 def overview_figure(
     image: sitk.Image,
     anomaly_map: sitk.Image,
@@ -43,31 +121,39 @@ def overview_figure(
     The slice is axial through the reference's (else the map's) centre of mass, so the lesion is in
     view. Returns the matplotlib figure; writes it to ``path`` when given.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    focus = truth if truth is not None else anomaly_map
-    (img, heat, msk, ref), index = _axial_views([image, anomaly_map, mask, truth], slice_index, focus)
-    low, high = np.percentile(img, [1, 99.5])
-    panels = [("input", None, None), ("reference", ref, "lime"), ("anomaly map", None, None), ("mask", msk, "red")]
-    panels = [p for p in panels if not (p[0] in ("reference", "mask") and p[1] is None)]
-    figure, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
-    for axis, (label, outline, colour) in zip(axes[0], panels):
-        axis.imshow(img, cmap="gray", vmin=low, vmax=high)
-        if label == "anomaly map":
-            shown = np.ma.masked_where(heat <= 0, heat)
-            top = np.percentile(heat[heat > 0], 99.9) if (heat > 0).any() else 1.0
-            axis.imshow(shown, cmap="inferno", vmin=0, vmax=top, alpha=0.85)
-        if outline is not None and outline.any():
-            axis.contour(outline > 0, levels=[0.5], colors=colour, linewidths=1.0)
-        axis.set_title(label)
-        axis.axis("off")
+    plt = _pyplot()
+    views, index = axial_slices(image, anomaly_map, mask, truth, slice_index)
+    n_panels = sum(1 for p in PANELS if p[1] is None or views.get(p[1]) is not None)
+    figure, axes = plt.subplots(1, n_panels, figsize=(3.2 * n_panels, 3.6), squeeze=False)
+    _draw_row(axes[0], views)
     figure.suptitle(f"{title} (axial slice {index})".strip())
     figure.tight_layout()
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(str(path), dpi=110)
-        plt.close(figure)
+        _save(figure, path)
     return figure
+
+
+def cases_figure(
+    rows: Sequence[Tuple[str, Mapping[str, Any]]],
+    path: Union[str, os.PathLike[str]],
+    title: str = "",
+) -> Path:
+    """A PNG with one row per case (label, views from :func:`axial_slices`): input, truth outline,
+    anomaly map and mask, all with the four panels so that rows line up; written to ``path``."""
+    if not rows:
+        raise ValueError("cases_figure needs at least one row")
+    plt = _pyplot()
+    figure, axes = plt.subplots(len(rows), len(PANELS), figsize=(3.0 * len(PANELS), 3.0 * len(rows) + 0.5),
+                                squeeze=False)
+    for i, (label, views) in enumerate(rows):
+        complete = {key: views.get(key) for key in ("image", "anomaly_map", "aspect")}
+        for key in ("truth", "mask"):
+            value = views.get(key)
+            complete[key] = np.zeros_like(np.asarray(views["image"])) if value is None else value
+        _draw_row(axes[i], complete, titles={"reference": "ground truth"} if i == 0 else {})
+        axes[i][0].set_ylabel(label, fontsize=9)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    _save(figure, path)
+    return Path(path)

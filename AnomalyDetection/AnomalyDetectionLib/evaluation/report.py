@@ -22,7 +22,7 @@ from ..preprocessing.io import IMAGE_EXTENSIONS, case_stem, read_volume, validat
 from ..progress import Progress
 from . import metrics
 
-__all__ = ["evaluate", "evaluate_case", "pair_cases", "summarise", "write_report"]
+__all__ = ["csv_text", "evaluate", "evaluate_case", "pair_cases", "summarise", "write_report"]
 
 ImageOrPath = Union[sitk.Image, str, Path]
 
@@ -333,17 +333,31 @@ def write_report(report: Dict[str, Any], json_path: Union[str, Path]) -> Tuple[P
     json_path = Path(json_path)
     plain = _plain(report)
     write_text_atomic(json.dumps(plain, indent=2, allow_nan=False) + "\n", json_path)
-    cases = plain.get("cases", [])
+    csv_path = json_path.with_name(_strip_json(json_path.name) + ".csv")
+    write_text_atomic(csv_text(plain.get("cases", [])), csv_path)
+    return json_path, csv_path
+
+
+def csv_text(rows: Sequence[Dict[str, Any]]) -> str:
+    """CSV of flat dicts: the union of their keys as columns (first-seen order), empty cells for
+    None/NaN, lists joined with ``;`` so one row stays one line a spreadsheet can filter."""
+    rows = [_plain(row) for row in rows]
     columns: List[str] = []
-    for case in cases:
-        columns.extend(k for k in case if k not in columns)
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    writer.writerows({k: ("" if v is None else v) for k, v in case.items()} for case in cases)
-    csv_path = json_path.with_name(_strip_json(json_path.name) + ".csv")
-    write_text_atomic(buffer.getvalue(), csv_path)
-    return json_path, csv_path
+    writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
+    return buffer.getvalue()
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return ";".join(str(v) for v in value)
+    return value
 
 
 def _strip_json(name: str) -> str:

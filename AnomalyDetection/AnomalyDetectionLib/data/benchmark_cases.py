@@ -1,0 +1,97 @@
+"""The fixed, seeded benchmark: which cases it holds and generating them one at a time.
+
+Design:
+
+* **Native space.** Every case is a generated subject in its own native space (voxel size,
+  orientation, head pose, skull or not; see :mod:`.population`) with the anomaly painted in at
+  1 mm before resampling. A detector is thus scored on what a user would give it, not on images
+  already on its template grid, and the truth is exact to the voxel of the native grid.
+* **Disjoint seeds.** All subjects come from the ``"benchmark"`` split, whose seeds no training or
+  calibration subject uses, and each case has a subject of its own, so no two cases (normal or
+  not) share an anatomy draw. Lesion seeds (:data:`LESION_SEED_OFFSET` + the subject's seed) lie
+  outside every split's range, so an anomaly never repeats a subject's random stream either.
+* **Coverage.** 40 lesion cases (10 ``hyper_blob``, the reference lesion, and 6 of each other
+  type) and 20 normal cases, from which a false-positive rate and a case-level AUROC can be
+  estimated. Case ``k`` of the list sorted by kind goes to subject ``7 k mod 60``: 7 is prime to
+  60, so every subject is used exactly once, and because the subjects' templates cycle with
+  period 3 and their orientations with period 5, any 3 consecutive cases of a kind cover all
+  templates (skull on and off) and any 5 all orientations. The list itself is in subject order,
+  so kinds are interleaved and a truncated run still sees several of them.
+* **Quick set.** ``quick=True`` is for runs in CI time: the first case of ``hyper_blob``,
+  ``tumour``, ``noise_patch`` and ``hypo_blob`` and two normal cases (the first one, and the first
+  one on another template) of the full set, each forced to 2 mm isotropic voxels (no axis of the
+  full set is coarser), so that detection is fast (generation still happens at 1 mm and
+  costs a few seconds per case).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+
+from .cases import BenchmarkCase, CaseSpec
+from .lesions import LESION_TYPES
+from .population import make_case, population
+
+#: Number of lesion cases per type in the full benchmark.
+LESION_COUNTS: Dict[str, int] = {
+    "hyper_blob": 10,
+    "hypo_blob": 6,
+    "tumour": 6,
+    "noise_patch": 6,
+    "copied_patch": 6,
+    "intensity_shift": 6,
+}
+
+#: Number of normal (lesion-free) cases in the full benchmark.
+NORMAL_COUNT = 20
+
+#: A case's lesion seed is its subject's seed plus this, outside every split's seed range.
+LESION_SEED_OFFSET = 100000
+
+#: Step through the subjects when assigning kinds; prime to the number of cases, see the module docstring.
+_STRIDE = 7
+
+#: The kinds of the quick set, in order; ``None`` is a normal case.
+QUICK_KINDS: Tuple[Optional[str], ...] = ("hyper_blob", "tumour", "noise_patch", "hypo_blob", None, None)
+
+#: Voxel size of the quick set (mm).
+QUICK_SPACING: Tuple[float, float, float] = (2.0, 2.0, 2.0)
+
+
+def benchmark_case_specs(quick: bool = False) -> List[CaseSpec]:
+    """The benchmark's case specs, in subject order: 60 (40 lesion, 20 normal), or 6 with ``quick``."""
+    missing = set(LESION_TYPES) - set(LESION_COUNTS)
+    if missing:  # a new lesion type must be given a share of the benchmark
+        raise RuntimeError(f"lesion types without benchmark cases: {', '.join(sorted(missing))}")
+    kinds: List[Optional[str]] = [kind for kind, count in LESION_COUNTS.items() for _ in range(count)]
+    kinds += [None] * NORMAL_COUNT
+    subjects = population("benchmark", len(kinds))
+    by_subject: List[Optional[CaseSpec]] = [None] * len(kinds)
+    for k, kind in enumerate(kinds):
+        subject = subjects[(_STRIDE * k) % len(kinds)]
+        seed = 0 if kind is None else LESION_SEED_OFFSET + subject.seed
+        by_subject[(_STRIDE * k) % len(kinds)] = CaseSpec(subject, kind, seed)
+    specs = [spec for spec in by_subject if spec is not None]
+    assert len(specs) == len(kinds)  # the stride is prime to the number of cases
+    return _quick(specs) if quick else specs
+
+
+def _quick(specs: List[CaseSpec]) -> List[CaseSpec]:
+    """The first case of each of :data:`QUICK_KINDS` from ``specs``, at :data:`QUICK_SPACING`."""
+    chosen: List[CaseSpec] = []
+    for kind in QUICK_KINDS:
+        candidates = [s for s in specs if s.lesion == kind and s not in chosen]
+        # A second case of a kind takes another template where there is one (skull on and off).
+        used = {c.subject.anatomy for c in chosen if c.lesion == kind}
+        chosen.append(next((s for s in candidates if s.subject.anatomy not in used), candidates[0]))
+    return [
+        dataclasses.replace(spec, subject=dataclasses.replace(spec.subject, spacing=QUICK_SPACING))
+        for spec in sorted(chosen, key=lambda s: s.subject.seed)
+    ]
+
+
+def iter_benchmark_cases(specs: Iterable[CaseSpec]) -> Iterator[BenchmarkCase]:
+    """The cases of ``specs``, each generated only when asked for, so the set never sits in memory."""
+    for spec in specs:
+        yield make_case(spec)

@@ -1,0 +1,224 @@
+"""The lesion benchmark: runner, summaries, table, files and the ``benchmark`` command, on three
+small generated cases (two lesion types and a normal subject at 3 mm) with the tiny models."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+from types import SimpleNamespace
+from typing import Any, Dict, Iterator, List
+
+import pytest
+import SimpleITK as sitk
+import torch
+
+from AnomalyDetectionLib import cli
+from AnomalyDetectionLib.data import brain_mask, insert_lesion, random_normal_subject
+from AnomalyDetectionLib.data.cases import BenchmarkCase, CaseSpec, SubjectSpec
+from AnomalyDetectionLib.errors import Cancelled, InputError, ModelError
+from AnomalyDetectionLib.evaluation.benchmark import (
+    TARGETS,
+    balanced_subset,
+    format_table,
+    run_benchmark,
+    write_benchmark,
+)
+from AnomalyDetectionLib.models import Model, build_model
+from AnomalyDetectionLib.models.model_file import make_card
+from AnomalyDetectionLib.preprocessing import orientation_code
+from AnomalyDetectionLib.preprocessing.template import template_entry
+from AnomalyDetectionLib.scoring import scores_for
+
+RUN = {"device": "cpu", "batch_size": 32}
+
+
+def make_case(template: sitk.Image, seed: int, lesion: Any) -> BenchmarkCase:
+    """A subject never seen in training (its own seed), with one ``lesion`` or none, and its true brain."""
+    image, brain = random_normal_subject(template, seed, mask=brain_mask(template))
+    if lesion is None:
+        truth = sitk.Image(image.GetSize(), sitk.sitkUInt8)
+        truth.CopyInformation(image)
+    else:
+        image, truth = insert_lesion(image, lesion, seed, brain_mask=brain)
+    subject = SubjectSpec("benchmark", seed, "mni152_t1", False, orientation_code(image), image.GetSpacing())
+    return BenchmarkCase(CaseSpec(subject, lesion, seed), image, truth, brain)
+
+
+@pytest.fixture(scope="module")
+def cases(template) -> List[BenchmarkCase]:
+    return [make_case(template, 901, "hyper_blob"), make_case(template, 902, "hypo_blob"),
+            make_case(template, 903, None)]
+
+
+@pytest.fixture(scope="module")
+def report(tiny_vae, tiny_ae, cases) -> Dict[str, Any]:
+    messages: List[str] = []
+    result = run_benchmark([tiny_vae, tiny_ae], iter(cases), progress=lambda f, m: messages.append(m),
+                           total=len(cases), **RUN)
+    result["_messages"] = messages
+    return result
+
+
+def test_rows_for_every_model_score_and_case(report, tiny_vae, tiny_ae, cases) -> None:
+    pairs = [(m.name, s) for m in (tiny_vae, tiny_ae) for s in scores_for(m)]
+    assert [(r["model"], r["score"]) for r in report["summary"]] == pairs
+    assert len(report["cases"]) == len(pairs) * len(cases)
+    assert {(r["model"], r["score"], r["case"]) for r in report["cases"]} == {
+        (m, s, c.name) for m, s in pairs for c in cases}
+    assert len(report["by_type"]) == 2 * len(pairs)
+    assert report["n_cases"] == 3 and report["case_counts"] == {"hyper_blob": 1, "hypo_blob": 1, "normal": 1}
+    assert report["default"] == {"model": tiny_vae.name, "score": "combi"}
+    json.dumps(report, allow_nan=False)  # plain: undefined metrics are None, not NaN
+    assert any("(1/3)" in m for m in report["_messages"]) and any("(3/3)" in m for m in report["_messages"])
+
+
+def test_metrics_are_in_range_and_undefined_where_they_should_be(report) -> None:
+    for row in report["cases"]:
+        assert 0.0 <= row["fp_rate"] <= 1.0 and row["seconds"] > 0 and row["calibrated"]
+        assert row["seconds"] == pytest.approx(row["prepare_s"] + row["score_s"] + row["postprocess_s"], abs=0.01)
+        if row["kind"] == "normal":
+            assert row["voxel_auroc"] is None and row["voxel_auprc"] is None and row["dice"] is None
+        else:
+            for key in ("voxel_auroc", "voxel_auprc", "dice", "best_dice"):
+                assert 0.0 <= row[key] <= 1.0, (key, row)
+            assert row["best_dice"] >= row["dice"] - 1e-9
+    hyper = [r for r in report["cases"] if r["kind"] == "hyper_blob" and r["score"] == "reconstruction"]
+    assert all(r["voxel_auroc"] > 0.5 for r in hyper)
+    for row in report["summary"]:
+        assert row["sample_auroc"] in (0.0, 0.5, 1.0)  # two lesion cases against one normal
+        assert row["fp_rate"] is not None and row["n_lesion"] == 2 and row["n_normal"] == 1
+
+
+def test_targets_are_checked_for_the_default_model(report) -> None:
+    targets = {t["target"]: t for t in report["targets"]}
+    assert list(targets) == [t.key for t in TARGETS]
+    for target in targets.values():
+        assert target["met"] is not None and target["score"] == "combi"
+        assert target["met"] == (target["margin"] >= 0)
+    fp = targets["normal_fp_rate"]
+    assert fp["margin"] == pytest.approx(0.01 - fp["value"])
+
+
+def test_table_has_every_row_and_the_targets(report) -> None:
+    table = format_table(report)
+    for row in report["summary"]:
+        assert f"| {row['model']} | {row['score']} |" in table
+    for row in report["by_type"]:
+        assert f"| {row['model']} | {row['score']} | {row['lesion_type']} |" in table
+    assert "voxel AUROC on hyper_blob cases >= 0.95" in table and "FP rate %" in table
+
+
+def test_write_benchmark_files(report, tmp_path) -> None:
+    from matplotlib import image as mpimg
+
+    paths = write_benchmark(report, tmp_path / "out")
+    assert set(paths) == {"json", "csv", "cases_csv", "by_type_csv", "markdown", "figure"}
+    saved = json.loads(paths["json"].read_text())
+    assert "figure" not in saved and [e["kind"] for e in saved["figure_cases"]] == ["hyper_blob", "hypo_blob"]
+    assert saved["machine"]["torch"] and saved["machine"]["device"] == "cpu" and saved["machine"]["date"]
+    for key, n in (("csv", len(report["summary"])), ("cases_csv", len(report["cases"])),
+                   ("by_type_csv", len(report["by_type"]))):
+        with open(paths[key]) as handle:
+            assert len(list(csv.DictReader(handle))) == n
+    assert paths["markdown"].read_text() == format_table(report)
+    picture = mpimg.imread(str(paths["figure"]))
+    assert picture.ndim == 3 and picture.shape[0] > 0.45 * picture.shape[1]  # two rows of four panels
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
+def test_uncalibrated_threshold_is_flagged(tiny_ae, cases) -> None:
+    card = copy.deepcopy(tiny_ae.card)
+    card["name"] = "uncalibrated"
+    card.pop("calibration", None)
+    model = Model(network=tiny_ae.network, card=card)
+    report = run_benchmark([model], cases[:1], scores={"uncalibrated": ["reconstruction"]}, **RUN)
+    (row,) = report["cases"]
+    assert not row["calibrated"] and "uncalibrated" in row["threshold_source"] and row["warnings"]
+    assert report["targets"][2]["met"] is None  # no normal case: sample AUROC not measured
+    assert "reconstruction *" in format_table(report) and "no calibrated threshold" in format_table(report)
+
+
+def test_template_models_register_each_case_once(cases) -> None:
+    """Two models of one template: the case is registered once, its registration reported for both,
+    and its time counted in both models' seconds per case."""
+    torch.manual_seed(0)
+    card = {"arch": "ae", "size": 64, "channels": (8, 16, 32, 32), "latent_dim": 16,
+            "template": template_entry("mni152_t1", 3.0)}
+    models = [build_model(make_card(name=name, **card)) for name in ("first", "second")]
+    report = run_benchmark(models, cases[:1], scores={m.name: ["reconstruction"] for m in models}, **RUN)
+    first, second = report["registrations"]
+    assert (first["reused"], second["reused"]) == (False, True) and first["metric"] == second["metric"]
+    rows = {r["model"]: r for r in report["cases"]}
+    assert rows["second"]["prepare_s"] >= second["seconds"] > 0
+    assert rows["first"]["registration_metric"] == first["metric"]
+    assert rows["first"]["registration_brain_overlap"] > 0.8
+
+
+def test_bad_scores_fail_before_any_case(tiny_ae) -> None:
+    def never() -> Iterator[BenchmarkCase]:
+        raise AssertionError("cases must not be generated")
+        yield  # pragma: no cover
+
+    with pytest.raises(ModelError, match="needs a VAE"):
+        run_benchmark([tiny_ae], never(), scores={tiny_ae.name: ["kl_grad"]}, **RUN)
+    with pytest.raises(InputError, match="unknown model"):
+        run_benchmark([tiny_ae], never(), scores={"nope": ["reconstruction"]}, **RUN)
+    with pytest.raises(InputError, match="no case"):
+        run_benchmark([tiny_ae], [], scores={tiny_ae.name: ["reconstruction"]}, **RUN)
+
+
+def test_cancel_stops_the_run(tiny_vae, cases) -> None:
+    calls = {"n": 0}
+
+    def cancel() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 3  # after the run has started scoring
+
+    with pytest.raises(Cancelled):
+        run_benchmark([tiny_vae], cases, cancel=cancel, **RUN)
+
+
+def test_balanced_subset_takes_every_kind_in_turn() -> None:
+    specs = [SimpleNamespace(lesion=kind, i=i) for i, kind in
+             enumerate(["a", "a", "a", "b", "b", None, None, None])]
+    chosen = balanced_subset(specs, 4)
+    assert [s.i for s in chosen] == [0, 1, 3, 5]
+    assert balanced_subset(specs, None) == specs and balanced_subset(specs, 99) == specs
+
+
+def test_cli_benchmark_end_to_end(tiny_vae, cases, tmp_path, monkeypatch, capsys) -> None:
+    requested = {}
+
+    def fake_cases(quick: bool, limit: Any) -> Any:
+        requested.update(quick=quick, limit=limit)
+        chosen = balanced_subset([c.spec for c in cases], limit)
+        return [c for c in cases if c.spec in chosen], len(chosen)
+
+    monkeypatch.setattr(cli, "_benchmark_cases", fake_cases)
+    out = tmp_path / "bench"
+    code = cli.main(["benchmark", "--model", str(tiny_vae.path), "--score", "reconstruction", "combi",
+                     "--output-dir", str(out), "--device", "cpu", "--limit", "2", "--quick", "-q"])
+    assert code == 0 and requested == {"quick": True, "limit": 2}
+    printed = capsys.readouterr().out
+    assert f"| {tiny_vae.name} | reconstruction |" in printed and f"| {tiny_vae.name} | combi |" in printed
+    assert "Targets (" in printed and "2 cases in" in printed
+    for name in ("benchmark.json", "benchmark.csv", "benchmark_cases.csv", "benchmark_by_type.csv",
+                 "benchmark.md", "benchmark.png"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "benchmark.json").read_text())
+    assert saved["case_counts"] == {"hyper_blob": 1, "hypo_blob": 1}
+    assert all(math.isfinite(r["voxel_auroc"]) for r in saved["cases"])
+
+
+def test_cli_benchmark_without_models(monkeypatch, capsys) -> None:
+    monkeypatch.setattr(cli, "bundled_model_paths", lambda: [])
+    assert cli.main(["benchmark", "-q"]) == 2
+    assert "make models" in capsys.readouterr().err
+
+
+def test_cli_benchmark_score_no_model_has(tiny_ae, capsys) -> None:
+    assert cli.main(["benchmark", "--model", str(tiny_ae.path), "--score", "kl_grad", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "left out" in err and "no model has the score(s) kl_grad" in err
