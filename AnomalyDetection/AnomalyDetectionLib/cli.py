@@ -20,7 +20,7 @@ from .errors import AnomalyDetectionError, InputError
 from .models import Model, bundled_model_paths, bundled_models_dir, load_model
 from .models.model_file import DEFAULT_MODEL, SLICE_AXES, load_model_file
 from .postprocessing import SMOOTHING, postprocessing_settings
-from .preprocessing.io import IMAGE_EXTENSIONS, case_stem, write_image_atomic, write_text_atomic
+from .preprocessing.io import IMAGE_EXTENSIONS, case_stem
 from .preprocessing.template import DEFAULT_SPACING_MM, SUPPORTED_TEMPLATES, template_entry
 from .scoring import SCORES, check_score, scores_for
 from .version import __version__
@@ -135,7 +135,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from .detection import detect
+    from .detection import detect, write_detection
 
     resolve_device(args.device)
     model = load_model(args.model or _default_model())
@@ -154,7 +154,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
             result = detect(path, model, score=args.score, threshold=threshold, device=args.device,
                             batch_size=args.batch_size, score_params=params, postprocessing=postprocessing,
                             progress=bar)
-            _write_outputs(output_dir, stem, result)
+            write_detection(output_dir, stem, result)
         except AnomalyDetectionError as exc:
             failures += 1
             bar.close()
@@ -171,23 +171,6 @@ def cmd_detect(args: argparse.Namespace) -> int:
         print(f"anomaly-detection: {failures} of {len(inputs)} input(s) failed", file=sys.stderr)
         return EXIT_USER_ERROR
     return 0
-
-
-def _write_outputs(output_dir: Path, stem: str, result: Any) -> None:
-    """Write map, mask and report; if any write fails, remove what was written."""
-    targets = [output_dir / f"{stem}_anomaly.nii.gz", output_dir / f"{stem}_mask.nii.gz",
-               output_dir / f"{stem}_report.json"]
-    written: List[Path] = []
-    try:
-        write_image_atomic(result.anomaly_map, targets[0])
-        written.append(targets[0])
-        write_image_atomic(result.mask, targets[1])
-        written.append(targets[1])
-        write_text_atomic(json.dumps(result.report, indent=2) + "\n", targets[2])
-    except (OSError, RuntimeError) as exc:
-        for path in written:
-            path.unlink()
-        raise InputError(f"{output_dir}: cannot write outputs of {stem} ({exc})") from None
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -8,20 +8,31 @@ threshold means the same thing at detection time.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
 
 from .device import resolve_device
-from .errors import ModelError
+from .errors import InputError, ModelError
 from .evaluation.metrics import sample_score
 from .models import Model, load_model
 from .postprocessing import postprocessing_settings, smooth_map, threshold_map
-from .preprocessing import PreparedVolume, foreground_image, prepare_volume, read_volume, to_input_grid_image
+from .preprocessing import (
+    PreparedVolume,
+    foreground_image,
+    prepare_volume,
+    read_volume,
+    to_input_grid_image,
+    write_image_atomic,
+    write_text_atomic,
+)
+from .preprocessing.registration import RegistrationResult
 from .progress import CancelCheck, Progress, ProgressCallback
 from .scoring import check_score, score_slices
 from .version import __version__
@@ -40,6 +51,9 @@ class DetectionResult:
     mask: sitk.Image
     foreground: sitk.Image
     report: Dict[str, Any] = field(default_factory=dict)
+    #: The input's registration to the model's template (None for a model without one); pass it to
+    #: another :func:`detect` on the same image and template to skip registering again.
+    registration: Optional[RegistrationResult] = None
 
 
 def score_prepared(
@@ -83,6 +97,7 @@ def detect(
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelCheck] = None,
     name: Optional[str] = None,
+    registration: Optional[RegistrationResult] = None,
 ) -> DetectionResult:
     """Anomaly map, thresholded mask and report for one volume.
 
@@ -91,7 +106,9 @@ def detect(
     reconstruction for AEs). ``threshold`` is a number or ``"auto"``: the card's calibrated
     threshold for this score. ``postprocessing`` overrides the card's smoothing settings.
     ``progress(fraction, message)`` and ``cancel()`` let a GUI follow and stop the run.
-    The input is never modified; nothing is written.
+    ``registration``: an earlier result's, for the same image and a model of the same template
+    (several scores or models on one scan register it once). The input is never modified;
+    nothing is written.
     """
     started = time.perf_counter()
     steps = Progress(progress, cancel)
@@ -107,7 +124,7 @@ def detect(
     model.to(torch_device)
     steps.report(0.0, f"{name}: preparing")
 
-    prepared = prepare_volume(image, model.card, name, steps.sub(0.0, 0.05))
+    prepared = prepare_volume(image, model.card, name, steps.sub(0.0, 0.05), registration=registration)
     prepared_at = time.perf_counter()
     slice_maps = score_prepared(model, prepared, score, score_params, batch_size, steps.sub(0.05, 0.9))
     scored_at = time.perf_counter()
@@ -153,7 +170,29 @@ def detect(
         "registration": registration.to_report() if registration is not None else None,
         "warnings": warnings,
     }
-    return DetectionResult(anomaly_map=anomaly_map, mask=mask, foreground=foreground, report=report)
+    return DetectionResult(anomaly_map=anomaly_map, mask=mask, foreground=foreground, report=report,
+                           registration=registration)
+
+
+def write_detection(output_dir: Union[str, os.PathLike[str]], stem: str, result: DetectionResult) -> List[Path]:
+    """Write ``<stem>_anomaly.nii.gz`` (float32 map), ``<stem>_mask.nii.gz`` (uint8) and
+    ``<stem>_report.json`` into ``output_dir``; all three or none (what was written is removed
+    if a later write fails). Returns the three paths."""
+    output_dir = Path(output_dir)
+    targets = [output_dir / f"{stem}_anomaly.nii.gz", output_dir / f"{stem}_mask.nii.gz",
+               output_dir / f"{stem}_report.json"]
+    written: List[Path] = []
+    try:
+        write_image_atomic(result.anomaly_map, targets[0])
+        written.append(targets[0])
+        write_image_atomic(result.mask, targets[1])
+        written.append(targets[1])
+        write_text_atomic(json.dumps(result.report, indent=2) + "\n", targets[2])
+    except (OSError, RuntimeError) as exc:
+        for path in written:
+            path.unlink()
+        raise InputError(f"{output_dir}: cannot write outputs of {stem} ({exc})") from None
+    return targets
 
 
 def _choose_threshold(

@@ -7,13 +7,13 @@ or Slicer's Python without a display.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
 
+from ..atomic import atomic_output
 from ..preprocessing.orientation import to_canonical
 
 
@@ -83,17 +83,9 @@ def _save(figure: Any, path: Union[str, os.PathLike[str]]) -> None:
     """Write ``figure`` as PNG through a temporary file, so a reader never sees half a picture."""
     from matplotlib import pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=str(path.parent))
-    os.close(fd)
     try:
-        figure.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        with atomic_output(path, ".png") as tmp:
+            figure.savefig(tmp, dpi=110)
     finally:
         plt.close(figure)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import datetime
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
@@ -20,6 +19,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from ..atomic import atomic_output
 from ..errors import ModelError
 from ..preprocessing.template import validate_template_entry
 from ..version import __version__
@@ -174,16 +174,8 @@ def save_model(model: Model, path: Union[str, os.PathLike[str]], half: bool = Fa
     state = {k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu())
              for k, v in model.network.state_dict().items()}
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "card": model.card, "state_dict": state}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path
 
 

@@ -7,13 +7,13 @@ direction) wherever it goes, so no output can lose it.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 import SimpleITK as sitk
 
+from ..atomic import atomic_output
 from ..errors import InputError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -93,29 +93,12 @@ def write_image_atomic(image: sitk.Image, path: PathLike, compress: bool = True)
     A reader never sees a half-written file, and a failed write leaves no file behind.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=str(path.parent))
-    os.close(fd)
-    try:
+    with atomic_output(path, suffix) as tmp:
         sitk.WriteImage(image, tmp, compress)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def write_text_atomic(text: str, path: PathLike) -> None:
     """Write a text file (JSON, CSV) atomically, like :func:`write_image_atomic`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from monai.data import DataLoader
 
+from ..atomic import atomic_output
 from ..device import resolve_device
 from ..errors import ModelError
 from ..models import Model, build_model, make_card, negative_elbo, save_model
@@ -191,11 +192,10 @@ def _validation_loss(model: Model, slices: np.ndarray, batch_size: int, device: 
 
 def _save_checkpoint(path: Path, epoch: int, model: Model, optimiser: torch.optim.Optimizer, best_val: float,
                      best_state: Optional[Dict[str, torch.Tensor]], history: List[Dict[str, float]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"epoch": epoch, "card": model.card, "network": model.network.state_dict(),
-                "optimizer": optimiser.state_dict(), "best_val": best_val, "best_state": best_state,
-                "history": history}, tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        torch.save({"epoch": epoch, "card": model.card, "network": model.network.state_dict(),
+                    "optimizer": optimiser.state_dict(), "best_val": best_val, "best_state": best_state,
+                    "history": history}, tmp)
 
 
 def _load_checkpoint(path: Path, model: Model, optimiser: torch.optim.Optimizer, card: Mapping[str, Any]
