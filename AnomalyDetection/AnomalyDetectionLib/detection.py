@@ -63,13 +63,18 @@ def score_prepared(
     params: Optional[Mapping[str, Any]] = None,
     batch_size: int = 32,
     progress: Optional[Progress] = None,
+    member_maps: Optional[Mapping[str, np.ndarray]] = None,
 ) -> np.ndarray:
-    """Slice maps ``(n, 1, size, size)`` of a prepared volume; slices without foreground score 0."""
+    """Slice maps ``(n, 1, size, size)`` of a prepared volume; slices without foreground score 0.
+
+    ``member_maps``: earlier results of this function on the same volume, reused by ``ensemble``.
+    """
     maps = np.zeros(prepared.slices.shape, dtype=np.float32)
     occupied = prepared.foreground_fraction() > 0
     if occupied.any():
+        reuse = {name: values[occupied] for name, values in (member_maps or {}).items()}
         maps[occupied] = score_slices(model, prepared.slices[occupied], score, params, batch_size,
-                                      prepared.slice_foreground[occupied], progress)
+                                      prepared.slice_foreground[occupied], progress, reuse)
     return maps
 
 

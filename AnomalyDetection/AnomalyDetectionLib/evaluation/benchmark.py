@@ -226,13 +226,20 @@ def _run_case(
             registered[template] = registration
             registrations.append({"case": case.name, "model": model.name, "reused": reused is not None,
                                   **registration.to_report()})
+        computed: Dict[str, Tuple[np.ndarray, float]] = {}  # score -> (slice maps, seconds), for the ensemble
+        members = check_score(model, "ensemble")["members"] if "ensemble" in model_scores else []
         for s, score in enumerate(model_scores):
             width = 0.8 / len(model_scores)
             part.report(0.2 + s * width, f"{model.name} {score}")
             scoring_started = time.perf_counter()
+            reused_maps = {m: computed[m][0] for m in members if m in computed} if score == "ensemble" else None
             slice_maps = score_prepared(model, prepared, score, None, batch_size,
-                                        part.sub(0.2 + s * width, 0.2 + (s + 1) * width))
+                                        part.sub(0.2 + s * width, 0.2 + (s + 1) * width), reused_maps)
             scored = time.perf_counter()
+            if score in members:
+                computed[score] = (slice_maps, scored - scoring_started)
+            # Members reused from this case still count: ``detect`` with the ensemble alone would run them.
+            scoring_s = scored - scoring_started + sum(computed[m][1] for m in (reused_maps or {}))
             anomaly_map = finalise_map(slice_maps, prepared, foreground, settings)
             del slice_maps
             threshold, source, warnings = _choose_threshold(model, score, "auto", settings, anomaly_map, foreground)
@@ -242,9 +249,9 @@ def _run_case(
             row.update({
                 "model": model.name, "score": score, "threshold_source": source,
                 "calibrated": source == "calibrated",
-                "prepare_s": round(prepare_s, 3), "score_s": round(scored - scoring_started, 3),
+                "prepare_s": round(prepare_s, 3), "score_s": round(scoring_s, 3),
                 "postprocess_s": round(finished - scored, 3),
-                "seconds": round(prepare_s + finished - scoring_started, 3),
+                "seconds": round(prepare_s + scoring_s + finished - scored, 3),
                 "registration_metric": None if registration is None else registration.metric,
                 "registration_brain_overlap": None if registration is None else registration.brain_overlap,
                 "warnings": (list(registration.warnings) if registration is not None else []) + warnings,

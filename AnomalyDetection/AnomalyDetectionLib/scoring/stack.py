@@ -80,11 +80,15 @@ def score_slices(
     batch_size: int = 32,
     foreground: Optional[np.ndarray] = None,
     progress: Optional[Progress] = None,
+    member_maps: Optional[Mapping[str, np.ndarray]] = None,
 ) -> np.ndarray:
     """Score an ``(n, 1, size, size)`` stack in batches on the model's device; float32 array out.
 
     The ensemble is combined over the whole stack, so without calibration its members are
-    normalised against every foreground voxel of the volume, not one batch's.
+    normalised against every foreground voxel of the volume, not one batch's. ``member_maps``
+    are maps of this same stack already computed with the members' default parameters (a
+    benchmark that has just run every score); the ensemble combines them instead of running
+    those members again.
     """
     checked = check_score(model, score, params)
     progress = progress or Progress()
@@ -94,6 +98,9 @@ def score_slices(
     maps = {}
     for index, member in enumerate(members):
         part = progress.sub(index / len(members), (index + 1) / len(members))
+        if member_maps is not None and member in member_maps and not checked["member_params"][member]:
+            maps[member] = member_maps[member]
+            continue
         maps[member] = _run_batches(model, slices, member, checked["member_params"][member], batch_size, part)
     reference = foreground if foreground is not None else slices > 0
     return combine(maps, checked["normalisation"], _calibrated_stats(model), reference)
