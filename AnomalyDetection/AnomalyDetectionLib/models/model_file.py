@@ -51,6 +51,11 @@ _REQUIRED = {
 }
 
 
+#: Where the upper intensity percentile of a new model's inputs lands in [0, 1]; the rest is headroom
+#: so that lesions brighter than any normal tissue stay brighter than it (cards without the key: 1.0).
+DEFAULT_UPPER_VALUE = 0.8
+
+
 def make_card(
     arch: str = "vae",
     size: int = 128,
@@ -62,6 +67,7 @@ def make_card(
     orientation: str = "LPS",
     foreground: str = "otsu",
     intensity_percentiles: Sequence[float] = (1.0, 99.0),
+    intensity_upper_value: float = DEFAULT_UPPER_VALUE,
     min_foreground_fraction: float = 0.05,
     name: str = "model",
     description: str = "",
@@ -71,7 +77,9 @@ def make_card(
 
     ``template`` (see :func:`~AnomalyDetectionLib.preprocessing.template.template_entry`) makes a
     model that works in a template space: inputs are registered to it and the template's brain
-    mask is the foreground, so ``foreground`` becomes ``"template"``.
+    mask is the foreground, so ``foreground`` becomes ``"template"``. ``intensity_percentiles``
+    of the foreground map to 0 and ``intensity_upper_value`` (see
+    :func:`~AnomalyDetectionLib.preprocessing.intensity.normalise_intensity`).
     """
     card = {
         "name": name,
@@ -88,7 +96,7 @@ def make_card(
         "template": dict(template) if template is not None else None,
         "min_foreground_fraction": float(min_foreground_fraction),
         "intensity": {"method": "percentile", "lower": float(intensity_percentiles[0]),
-                      "upper": float(intensity_percentiles[1])},
+                      "upper": float(intensity_percentiles[1]), "upper_value": float(intensity_upper_value)},
         "default_score": "combi" if arch == "vae" else "reconstruction",
         "engine_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -119,6 +127,8 @@ def validate_card(card: Any, source: str = "model card") -> None:
         (len(card["channels"]) >= 1 and 2 ** len(card["channels"]) <= card["size"],
          f"{len(card['channels'])} down-sampling levels do not fit input size {card['size']}"),
         (card["intensity"].get("method") == "percentile", "intensity normalisation is not 'percentile'"),
+        (0.0 < float(card["intensity"].get("upper_value", 1.0)) <= 1.0,
+         f"intensity upper_value {card['intensity'].get('upper_value')} is not in (0, 1]"),
     ]
     for ok, problem in checks:
         if not ok:

@@ -36,15 +36,25 @@ def foreground_mask(image: sitk.Image, method: str = "otsu") -> sitk.Image:
 
 
 def normalise_intensity(
-    array: np.ndarray, foreground: np.ndarray, percentiles: Sequence[float] = (1.0, 99.0), name: str = "input"
+    array: np.ndarray,
+    foreground: np.ndarray,
+    percentiles: Sequence[float] = (1.0, 99.0),
+    name: str = "input",
+    upper_value: float = 1.0,
 ) -> np.ndarray:
-    """Map the ``percentiles`` of the foreground to 0 and 1, clip to [0, 1], zero the background."""
+    """Map the ``percentiles`` of the foreground to 0 and ``upper_value``, clip to [0, 1], zero the background.
+
+    Why ``upper_value`` below 1: in T1 the brightest normal tissue (white matter) sits at the upper
+    percentile, and clipping there would make a hyper-intense lesion exactly as bright as white
+    matter, so the models could only find it by its shape. With headroom above the normal range
+    (0.8: up to 25 % brighter than the upper percentile) it stays brighter than any normal tissue.
+    """
     inside = array[foreground]
     if inside.size == 0:
         raise InputError(f"{name}: no foreground voxels found; is the volume empty?")
     low, high = np.percentile(inside, percentiles)
     if high <= low:
         raise InputError(f"{name}: foreground intensities have no spread ({low} to {high})")
-    normalised = np.clip((array.astype(np.float32) - low) / (high - low), 0.0, 1.0)
+    normalised = np.clip((array.astype(np.float32) - low) / (high - low) * upper_value, 0.0, 1.0)
     normalised[~foreground] = 0.0
     return normalised

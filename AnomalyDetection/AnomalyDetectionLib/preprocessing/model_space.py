@@ -104,7 +104,8 @@ def prepare_volume(
         foreground = sitk.GetArrayFromImage(template.brain).astype(bool)
     intensity = card["intensity"]
     normalised = normalise_intensity(
-        sitk.GetArrayViewFromImage(canonical), foreground, (intensity["lower"], intensity["upper"]), name
+        sitk.GetArrayViewFromImage(canonical), foreground, (intensity["lower"], intensity["upper"]), name,
+        float(intensity.get("upper_value", 1.0))
     )
     layout = plan_layout(normalised.shape, canonical.GetSpacing()[::-1], card["slice_axis"], card["size"])
     slices = volume_to_slices(normalised, layout)
