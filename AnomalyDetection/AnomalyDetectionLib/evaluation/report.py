@@ -22,7 +22,7 @@ from ..preprocessing.io import IMAGE_EXTENSIONS, case_stem, read_volume, validat
 from ..progress import Progress
 from . import metrics
 
-__all__ = ["csv_text", "evaluate", "evaluate_case", "pair_cases", "summarise", "write_report"]
+__all__ = ["csv_text", "evaluate", "evaluate_case", "match_files", "pair_cases", "summarise", "write_report"]
 
 ImageOrPath = Union[sitk.Image, str, Path]
 
@@ -258,6 +258,15 @@ def _match(stems: Sequence[str], folder: Path, kind: str, required: bool) -> Dic
                              f"(looked for {stem} or {stem}_*)")
         found[stem] = paths[0] if paths else None
     return found
+
+
+def match_files(
+    stems: Sequence[str], folder: Union[str, Path], kind: str = "truth", required: bool = False
+) -> Dict[str, Optional[Path]]:
+    """For each case stem, the file of ``folder`` named ``<stem>`` or ``<stem>_*`` (None if there is
+    none and not ``required``); the pairing rule of :func:`pair_cases`, for callers (batch detection
+    in Slicer) that have case names rather than a folder of maps."""
+    return _match(stems, Path(folder), kind, required)
 
 
 def _read_threshold(report_path: Path) -> Optional[float]:

@@ -1,0 +1,332 @@
+"""The Slicer module's MRML side against real MRML nodes (the ``slicer-core`` wheel, no mocks).
+
+Inputs are built with plain VTK and an explicit IJK-to-RAS matrix (oblique, anisotropic), so the
+checks do not trust the conversion code they test. The model is an untrained tiny VAE: these
+tests are about geometry, nodes and bookkeeping, not detection quality.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+slicer = pytest.importorskip("slicer")
+vtk = pytest.importorskip("vtk")
+
+from vtkmodules.util.numpy_support import numpy_to_vtk, vtk_to_numpy  # noqa: E402
+
+from AnomalyDetectionLib import Cancelled, InputError, ModelError  # noqa: E402
+from AnomalyDetectionLib.models import build_model, make_card, save_model  # noqa: E402
+from AnomalyDetectionMRML import (  # noqa: E402
+    evaluate_nodes,
+    image_to_volume_node,
+    process,
+    process_folder,
+    set_slice_layers,
+    update_segmentation,
+    volume_node_to_image,
+)
+
+SHAPE = (24, 32, 28)  # (k, j, i): 28 x 32 x 24 voxels
+SPACING = (1.1, 0.9, 2.3)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model(make_card(arch="vae", size=32, channels=(4, 8, 8), latent_dim=6, name="tiny"))
+    return save_model(model, tmp_path_factory.mktemp("model") / "tiny.pt")
+
+
+def phantom(seed: int = 0) -> np.ndarray:
+    """An ellipsoidal 'body' with noise and one bright spot, float32, shape ``SHAPE``."""
+    k, j, i = np.mgrid[0:SHAPE[0], 0:SHAPE[1], 0:SHAPE[2]]
+    body = ((i - 14) / 11) ** 2 + ((j - 16) / 13) ** 2 + ((k - 12) / 10) ** 2 < 1
+    spot = ((i - 17) / 3) ** 2 + ((j - 13) / 3) ** 2 + ((k - 12) / 2) ** 2 < 1
+    noise = np.random.default_rng(seed).normal(0, 4, SHAPE)
+    return (body * 100.0 + spot * 80.0 + noise).astype(np.float32)
+
+
+def oblique_matrix() -> np.ndarray:
+    """IJK-to-RAS: a rotation about an oblique axis times anisotropic spacing, plus an offset."""
+    axis = np.array([1.0, 2.0, 3.0]) / math.sqrt(14.0)
+    angle = 0.5
+    cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    rotation = np.eye(3) + math.sin(angle) * cross + (1 - math.cos(angle)) * cross @ cross
+    m = np.eye(4)
+    m[:3, :3] = rotation @ np.diag(SPACING)
+    m[:3, 3] = (12.5, -30.25, 41.0)
+    return m
+
+
+def to_vtk_matrix(m: np.ndarray) -> vtk.vtkMatrix4x4:
+    matrix = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            matrix.SetElement(r, c, float(m[r, c]))
+    return matrix
+
+
+def matrix_of(node) -> np.ndarray:
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def array_of(node) -> np.ndarray:
+    dims = node.GetImageData().GetDimensions()
+    return vtk_to_numpy(node.GetImageData().GetPointData().GetScalars()).reshape(dims[::-1])
+
+
+def add_volume(scene, array: np.ndarray, name: str = "scan", cls=None, components: int = 1):
+    """A volume node built directly with VTK (not with the code under test)."""
+    node = (cls or slicer.vtkMRMLScalarVolumeNode)()
+    node.SetName(name)
+    node.SetIJKToRASMatrix(to_vtk_matrix(oblique_matrix()))
+    image = vtk.vtkImageData()
+    image.SetDimensions(array.shape[2], array.shape[1], array.shape[0])
+    scalars = numpy_to_vtk(np.ascontiguousarray(array).reshape(-1, components), deep=True)
+    image.GetPointData().SetScalars(scalars)
+    node.SetAndObserveImageData(image)
+    scene.AddNode(node)
+    return node
+
+
+@pytest.fixture
+def scene():
+    return slicer.vtkMRMLScene()
+
+
+@pytest.fixture
+def volume(scene):
+    return add_volume(scene, phantom())
+
+
+def export_segment(segmentation_node, segment_id: str, reference_node) -> np.ndarray:
+    """The segment as an array on the reference's grid, through Slicer's own export (a labelmap node)."""
+    scene = reference_node.GetScene()
+    before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+    labelmap = slicer.vtkMRMLLabelMapVolumeNode()
+    scene.AddNode(labelmap)
+    ids = vtk.vtkStringArray()
+    ids.InsertNextValue(segment_id)
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+        segmentation_node, ids, labelmap, reference_node)
+    assert labelmap.GetImageData().GetDimensions() == reference_node.GetImageData().GetDimensions()
+    np.testing.assert_allclose(matrix_of(labelmap), matrix_of(reference_node), atol=1e-9)
+    values = array_of(labelmap).copy() > 0
+    added = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+    for node in added:
+        if node.GetID() not in before:  # the labelmap and the display node the export gave it
+            scene.RemoveNode(node)
+    return values
+
+
+# -------------------------------------------------------------------------------------- geometry
+
+
+def test_node_to_image_geometry_and_copy(volume, scene):
+    image = volume_node_to_image(volume)
+    m = oblique_matrix()
+    flip = np.diag([-1.0, -1.0, 1.0])
+    assert image.GetSize() == (SHAPE[2], SHAPE[1], SHAPE[0])
+    np.testing.assert_allclose(image.GetSpacing(), SPACING, atol=1e-12)
+    np.testing.assert_allclose(image.GetOrigin(), flip @ m[:3, 3], atol=1e-12)
+    np.testing.assert_allclose(np.reshape(image.GetDirection(), (3, 3)) @ np.diag(SPACING), flip @ m[:3, :3],
+                               atol=1e-12)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(image), array_of(volume))
+    # a copy: changing the image leaves the node alone
+    image[0, 0, 0] = 12345.0
+    assert array_of(volume)[0, 0, 0] != 12345.0
+
+    back = image_to_volume_node(image, scene, "back")
+    np.testing.assert_allclose(matrix_of(back), m, atol=1e-12)
+    assert back.GetImageData().GetScalarType() == vtk.VTK_FLOAT
+    assert back.GetImageData().GetDimensions() == volume.GetImageData().GetDimensions()
+
+
+# ------------------------------------------------------------------------------------- detection
+
+
+def test_process_outputs_on_input_grid(volume, scene, model_path):
+    before_array, before_matrix = array_of(volume).copy(), matrix_of(volume)
+    progress = []
+    outputs = process(volume, model_path, device="cpu", progress=lambda f, m: progress.append(f))
+
+    map_node = outputs.map_node
+    assert map_node.GetName() == "scan anomaly map"
+    assert map_node.GetImageData().GetDimensions() == volume.GetImageData().GetDimensions()
+    np.testing.assert_array_equal(matrix_of(map_node), matrix_of(volume))
+    assert map_node.GetImageData().GetScalarType() == vtk.VTK_FLOAT
+    assert map_node.GetDisplayNode() is not None and map_node.GetDisplayNode().GetColorNodeID()
+    assert progress and progress[-1] == pytest.approx(1.0)
+    composite = slicer.vtkMRMLSliceCompositeNode()
+    scene.AddNode(composite)
+    assert set_slice_layers(volume, map_node, 0.4) == 1
+    assert (composite.GetBackgroundVolumeID(), composite.GetForegroundVolumeID()) == (volume.GetID(), map_node.GetID())
+
+    # the segmentation is the thresholded map, voxel for voxel, on the map's grid
+    threshold = outputs.report["threshold"]
+    segmentation = outputs.segmentation_node
+    assert segmentation.GetName() == "scan anomalies"
+    segment_id = segmentation.GetSegmentation().GetSegmentIdBySegmentName("Anomaly")
+    expected = array_of(map_node) >= np.float32(threshold)
+    assert expected.any()
+    np.testing.assert_array_equal(export_segment(segmentation, segment_id, map_node), expected)
+
+    # the input is untouched
+    np.testing.assert_array_equal(array_of(volume), before_array)
+    np.testing.assert_array_equal(matrix_of(volume), before_matrix)
+
+
+def test_threshold_change_updates_same_segment(volume, scene, model_path):
+    outputs = process(volume, model_path, device="cpu")
+    segmentation = outputs.segmentation_node
+    segment_id = segmentation.GetSegmentation().GetSegmentIdBySegmentName("Anomaly")
+    count = scene.GetNumberOfNodes()
+    values = array_of(outputs.map_node)
+    for threshold in (float(np.percentile(values[values > 0], 50)), float(np.percentile(values[values > 0], 90))):
+        again = update_segmentation(outputs.map_node, threshold, segmentation)
+        assert again is segmentation
+        assert segmentation.GetSegmentation().GetNumberOfSegments() == 1
+        assert segmentation.GetSegmentation().GetSegmentIdBySegmentName("Anomaly") == segment_id
+        np.testing.assert_array_equal(export_segment(segmentation, segment_id, outputs.map_node),
+                                      values >= np.float32(threshold))
+    assert scene.GetNumberOfNodes() == count
+
+
+def test_dice_against_reference_segmentation(volume, scene, model_path):
+    outputs = process(volume, model_path, device="cpu")
+    values = array_of(outputs.map_node).copy()
+    # reference: a box on the input grid, imported through Slicer's segmentation logic
+    truth = np.zeros(SHAPE, dtype=np.uint8)
+    truth[9:15, 10:17, 14:21] = 1
+    labelmap = add_volume(scene, truth, "truth", cls=slicer.vtkMRMLLabelMapVolumeNode)
+    reference = slicer.vtkMRMLSegmentationNode()
+    scene.AddNode(reference)
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, reference)
+    segment_id = reference.GetSegmentation().GetNthSegmentID(0)
+
+    threshold = float(np.percentile(values[values > 0], 80))
+    table, chart, results = evaluate_nodes(outputs.map_node, reference, segment_id, threshold)
+    predicted = values >= np.float32(threshold)
+    by_hand = 2.0 * np.count_nonzero(predicted & (truth > 0)) / (np.count_nonzero(predicted) + np.count_nonzero(truth))
+    assert results["dice"] == pytest.approx(by_hand, abs=1e-12)
+    voxel_ml = np.prod(SPACING) / 1000.0
+    assert results["reference_volume_ml"] == pytest.approx(truth.sum() * voxel_ml)
+    assert results["detected_volume_ml"] == pytest.approx(predicted.sum() * voxel_ml)
+    assert results["best_dice"] >= results["dice"] - 1e-12
+    assert 0.0 <= results["voxel_auroc"] <= 1.0 and 0.0 <= results["voxel_auprc"] <= 1.0
+    assert table.GetNumberOfRows() == 7
+    assert table.GetTable().GetValue(0, 1).ToDouble() == pytest.approx(by_hand)
+    series = chart.GetNthPlotSeriesNode(0)
+    curve = series.GetTableNode()
+    assert curve.GetNumberOfRows() > 10 and series.GetYColumnName() == "Dice"
+
+    count = scene.GetNumberOfNodes()
+    table2, chart2, results2 = evaluate_nodes(outputs.map_node, reference, segment_id, threshold * 1.1, table, chart)
+    assert (table2, chart2) == (table, chart) and chart.GetNthPlotSeriesNode(0) is series
+    assert scene.GetNumberOfNodes() == count
+    assert results2["threshold"] == pytest.approx(threshold * 1.1)
+
+    # restricted to the engine's foreground, as the demo evaluates inside the brain
+    inside = sitk.GetArrayViewFromImage(outputs.foreground) > 0
+    _, _, masked = evaluate_nodes(outputs.map_node, reference, segment_id, threshold, table, chart,
+                                  mask=outputs.foreground)
+    p, t = predicted[inside], truth[inside] > 0
+    assert masked["dice"] == pytest.approx(2.0 * np.count_nonzero(p & t) / (p.sum() + t.sum()), abs=1e-12)
+    assert scene.GetNumberOfNodes() == count
+
+
+def test_second_run_reuses_output_nodes(volume, scene, model_path):
+    first = process(volume, model_path, device="cpu", extra_scores=("reconstruction",))
+    assert first.extra_nodes["reconstruction"].GetName() == "scan reconstruction"
+    count = scene.GetNumberOfNodes()
+    second = process(volume, model_path, device="cpu", threshold=0.0123, outputs=first,
+                     extra_scores=("reconstruction",))
+    assert scene.GetNumberOfNodes() == count
+    assert second.map_node is first.map_node and second.segmentation_node is first.segmentation_node
+    assert second.extra_nodes["reconstruction"] is first.extra_nodes["reconstruction"]
+    assert second.segmentation_node.GetSegmentation().GetNumberOfSegments() == 1
+    assert second.report["threshold"] == pytest.approx(0.0123)
+
+
+# ------------------------------------------------------------------------------------ bad inputs
+
+
+def test_bad_inputs_raise_and_leave_no_node(volume, scene, model_path, tmp_path):
+    empty = slicer.vtkMRMLScalarVolumeNode()
+    empty.SetName("nothing loaded")
+    scene.AddNode(empty)
+    rgb = add_volume(scene, np.zeros(SHAPE + (3,), dtype=np.uint8), "colour photo",
+                     cls=slicer.vtkMRMLVectorVolumeNode, components=3)
+    # a model file whose card does not describe its weights
+    payload = torch.load(str(model_path), weights_only=True)
+    payload["card"]["latent_dim"] = 7
+    mismatched = tmp_path / "mismatched.pt"
+    torch.save(payload, str(mismatched))
+
+    # the proxy of a 4D sequence: a 3D volume node that shows one of several frames
+    sequence = slicer.vtkMRMLSequenceNode()
+    scene.AddNode(sequence)
+    for t in range(2):
+        frame = slicer.vtkMRMLScalarVolumeNode()
+        frame.SetAndObserveImageData(volume.GetImageData())
+        sequence.SetDataNodeAtValue(frame, str(t))
+    browser = slicer.vtkMRMLSequenceBrowserNode()
+    scene.AddNode(browser)
+    browser.SetAndObserveMasterSequenceNodeID(sequence.GetID())
+    proxy = add_volume(scene, phantom(), "dynamic")
+    browser.AddProxyNode(proxy, sequence, False)
+
+    count = scene.GetNumberOfNodes()
+    with pytest.raises(InputError, match="dynamic.*4D sequence of 2"):
+        process(proxy, model_path, device="cpu")
+    with pytest.raises(InputError, match="nothing loaded.*no image data"):
+        process(empty, model_path, device="cpu")
+    with pytest.raises(InputError, match="colour photo"):
+        process(rgb, model_path, device="cpu")
+    with pytest.raises(InputError, match="no input volume"):
+        process(None, model_path, device="cpu")
+    with pytest.raises(ModelError, match="do not match the model card"):
+        process(volume, mismatched, device="cpu")
+    with pytest.raises(ModelError, match="unknown score"):
+        process(volume, model_path, score="magic", device="cpu")
+    with pytest.raises(Cancelled):
+        process(volume, model_path, device="cpu", cancel=lambda: True)
+    assert scene.GetNumberOfNodes() == count
+
+
+# ----------------------------------------------------------------------------------------- batch
+
+
+def test_process_folder_writes_maps_and_csv(tmp_path, model_path):
+    inputs, truths, out = tmp_path / "in", tmp_path / "truth", tmp_path / "out"
+    inputs.mkdir()
+    truths.mkdir()
+    for case, seed in (("case_a", 1), ("case_b", 2)):
+        image = sitk.GetImageFromArray(phantom(seed))
+        image.SetSpacing(SPACING)
+        sitk.WriteImage(image, str(inputs / f"{case}.nii.gz"))
+    truth = sitk.GetImageFromArray((phantom(1) > 150).astype(np.uint8))
+    truth.SetSpacing(SPACING)
+    sitk.WriteImage(truth, str(truths / "case_a_seg.nii.gz"))
+    (inputs / "broken.nii.gz").write_bytes(b"not an image")
+
+    csv_path = process_folder(inputs, out, model=model_path, device="cpu", truth_dir=truths)
+    rows = {row["case"]: row for row in csv.DictReader(open(csv_path, encoding="utf-8"))}
+    assert set(rows) == {"broken", "case_a", "case_b"}
+    assert "cannot be read" in rows["broken"]["error"] and not rows["broken"]["threshold"]
+    for case in ("case_a", "case_b"):
+        assert not rows[case]["error"]
+        for suffix in ("_anomaly.nii.gz", "_mask.nii.gz", "_report.json"):
+            assert (out / f"{case}{suffix}").is_file()
+        assert float(rows[case]["anomalous_volume_ml"]) >= 0.0 and rows[case]["model"] == "tiny"
+    assert 0.0 <= float(rows["case_a"]["dice"]) <= 1.0 and float(rows["case_a"]["voxel_auroc"]) > 0.0
+    assert rows["case_b"]["dice"] == "" and rows["case_b"]["truth"] == ""
+    assert not (out / "broken_anomaly.nii.gz").exists()
