@@ -1,0 +1,253 @@
+"""Static checks of the Slicer module's files, which cannot run outside Slicer.
+
+The module (AnomalyDetection.py), its Qt Designer file and the extension's CMake listing must stay
+in step with each other and with the engine: a widget the code uses but the .ui lacks, a Python file
+the CMake listing forgets (it would be missing from the built extension), or a torch import at
+module level (Slicer could no longer start the module before PyTorch is installed) would only show
+up inside Slicer. These tests read the files as text, XML and Python syntax trees instead.
+"""
+
+from __future__ import annotations
+
+import ast
+import py_compile
+import re
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Dict, List, Set
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE_DIR = ROOT / "AnomalyDetection"
+MODULE_FILE = MODULE_DIR / "AnomalyDetection.py"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "AnomalyDetection.ui"
+CMAKE_FILE = MODULE_DIR / "CMakeLists.txt"
+PACKAGES = ("AnomalyDetectionLib", "AnomalyDetectionMRML")
+RESOURCE_FOLDERS = ("Models", "Samples", "UI", "Icons")
+#: Imports that must stay inside functions: they need torch, which Slicer installs on first use.
+LAZY_ONLY = {"torch", "monai", *PACKAGES}
+#: Third-party packages that Slicer's Python ships (the engine may import them at module level).
+SHIPPED_WITH_SLICER = {"numpy", "SimpleITK", "vtk", "vtkmodules", "slicer"}
+
+
+def module_tree() -> ast.Module:
+    return ast.parse(MODULE_FILE.read_text(encoding="utf-8"), filename=str(MODULE_FILE))
+
+
+def ui_root() -> ET.Element:
+    return ET.parse(UI_FILE).getroot()
+
+
+def ui_widgets() -> Dict[str, ET.Element]:
+    return {w.get("name"): w for w in ui_root().iter("widget")}
+
+
+def module_constant(name: str):
+    """The literal value assigned to ``name`` at the module's top level."""
+    for node in module_tree().body:
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        if isinstance(node, ast.AnnAssign):
+            targets = [node.target]
+        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"{MODULE_FILE.name} assigns no literal to {name}")
+
+
+def cmake_list(variable: str) -> List[str]:
+    """Entries of ``set(<variable> ...)`` in the module's CMakeLists.txt, with ${MODULE_NAME} expanded."""
+    text = CMAKE_FILE.read_text(encoding="utf-8")
+    module_name = re.search(r"set\(MODULE_NAME\s+(\S+)\)", text).group(1)
+    match = re.search(rf"set\({variable}\s+(.*?)\)", text, re.S)
+    assert match, f"{CMAKE_FILE} has no set({variable} ...)"
+    entries = [line.split("#", 1)[0].strip() for line in match.group(1).splitlines()]
+    return [e.replace("${MODULE_NAME}", module_name) for e in entries if e]
+
+
+# ------------------------------------------------------------------------------------------ (a) UI
+
+
+def test_ui_is_well_formed_designer_xml():
+    root = ui_root()
+    assert root.tag == "ui"
+    top = root.find("widget")
+    assert top.get("class") == "qMRMLWidget" and top.get("name") == "AnomalyDetection"
+    names = [w.get("name") for w in root.iter("widget")]
+    assert len(names) == len(set(names)), "duplicate widget names in the .ui"
+
+
+def test_every_ui_widget_the_code_uses_exists():
+    source = MODULE_FILE.read_text(encoding="utf-8")
+    used = set(re.findall(r"\bui\.(\w+)", source))
+    assert used, "the module uses no self.ui widgets?"
+    missing = sorted(used - set(ui_widgets()))
+    assert not missing, f"used by AnomalyDetection.py but not in {UI_FILE.name}: {missing}"
+
+
+def test_mrml_widgets_receive_the_scene():
+    """Each MRML widget needs the template's mrmlSceneChanged -> setMRMLScene connection."""
+    mrml_widgets = {name for name, w in ui_widgets().items()
+                    if w.get("class") in ("qMRMLNodeComboBox", "qMRMLSegmentSelectorWidget")}
+    connected = {c.findtext("receiver") for c in ui_root().iter("connection")
+                 if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+                 and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
+    assert mrml_widgets and mrml_widgets <= connected, f"not connected: {sorted(mrml_widgets - connected)}"
+
+
+def test_custom_widget_classes_are_declared():
+    declared = {c.findtext("class") for c in ui_root().iter("customwidget")}
+    used = {w.get("class") for w in ui_root().iter("widget")}
+    custom = {c for c in used if c.startswith(("ctk", "qMRML"))}
+    assert custom <= declared, f"undeclared custom widgets: {sorted(custom - declared)}"
+
+
+def parameter_node_fields() -> Dict[str, str]:
+    """Field name -> annotation source of the @parameterNodeWrapper class."""
+    for node in module_tree().body:
+        if isinstance(node, ast.ClassDef) and any(
+            getattr(d, "id", None) == "parameterNodeWrapper" for d in node.decorator_list
+        ):
+            return {s.target.id: ast.unparse(s.annotation) for s in node.body if isinstance(s, ast.AnnAssign)}
+    raise AssertionError("no @parameterNodeWrapper class in AnomalyDetection.py")
+
+
+def test_slicer_parameter_names_are_parameter_node_fields():
+    fields = parameter_node_fields()
+    bound = {}
+    for name, widget in ui_widgets().items():
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                bound[name] = prop.findtext("string")
+    assert bound, "no widget is connected to the parameter node"
+    unknown = {w: p for w, p in bound.items() if p not in fields}
+    assert not unknown, f"SlicerParameterName not in the parameter node: {unknown}"
+    # ctkSliderWidget and QComboBox connections need a bounded range / a Choice (parameterNodeWrapper rules).
+    for widget_name, parameter in bound.items():
+        cls = ui_widgets()[widget_name].get("class")
+        if cls == "QComboBox":
+            assert "Choice" in fields[parameter], f"{parameter}: a combo box needs Annotated[..., Choice(...)]"
+        if cls == "ctkSliderWidget":
+            assert "WithinRange" in fields[parameter], f"{parameter}: a slider needs WithinRange"
+
+
+# ------------------------------------------------------------------------------- (b) CMake listing
+
+
+def test_every_package_file_is_listed_and_every_listed_file_exists():
+    scripts = cmake_list("MODULE_PYTHON_SCRIPTS")
+    resources = cmake_list("MODULE_PYTHON_RESOURCES")
+    expected_scripts = {"AnomalyDetection.py"} | {
+        p.relative_to(MODULE_DIR).as_posix() for package in PACKAGES for p in (MODULE_DIR / package).rglob("*.py")
+    }
+    expected_resources = {
+        p.relative_to(MODULE_DIR).as_posix()
+        for folder in RESOURCE_FOLDERS for p in (MODULE_DIR / "Resources" / folder).rglob("*") if p.is_file()
+    }
+    assert not expected_scripts - set(scripts), (
+        f"not in MODULE_PYTHON_SCRIPTS: {sorted(expected_scripts - set(scripts))}")
+    assert not expected_resources - set(resources), (
+        f"not in MODULE_PYTHON_RESOURCES: {sorted(expected_resources - set(resources))}")
+    missing = [entry for entry in scripts + resources if not (MODULE_DIR / entry).is_file()]
+    assert not missing, f"listed in {CMAKE_FILE.name} but missing: {missing}"
+    assert len(scripts) == len(set(scripts)) and len(resources) == len(set(resources)), "duplicate entries"
+
+
+def test_extension_cmake_has_the_template_parts():
+    text = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
+    for needle in ("project(AnomalyDetection)", "EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS",
+                   "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS",
+                   "find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})", "add_subdirectory(AnomalyDetection)",
+                   "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"):
+        assert needle in text, needle
+    for url in re.findall(r"https://raw\.githubusercontent\.com/[^/]+/[^/]+/[^/]+/(\S+?)\"", text):
+        assert (ROOT / url).is_file(), f"extension icon/screenshot {url} is not in the repository"
+    module_text = CMAKE_FILE.read_text(encoding="utf-8")
+    assert "slicerMacroBuildScriptedModule" in module_text
+    self_test = r"if\(BUILD_TESTING\).*slicer_add_python_unittest\(SCRIPT \$\{MODULE_NAME\}\.py\)"
+    assert re.search(self_test, module_text, re.S), "the module's self-test is not registered"
+
+
+# ------------------------------------------------------------------------ (c) compiles, lazy imports
+
+
+def test_module_compiles(tmp_path):
+    py_compile.compile(str(MODULE_FILE), cfile=str(tmp_path / "AnomalyDetection.pyc"), doraise=True)
+
+
+def import_time_imports(tree: ast.Module) -> Set[str]:
+    """Top-level names of modules imported when the file is imported (function bodies excluded)."""
+    found: Set[str] = set()
+    pending: List[ast.AST] = list(tree.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+        pending.extend(ast.iter_child_nodes(node))
+    return found
+
+
+def test_module_imports_no_torch_or_engine_at_import_time():
+    eager = import_time_imports(module_tree()) & LAZY_ONLY
+    assert not eager, f"AnomalyDetection.py imports {sorted(eager)} at module level; import them inside functions"
+
+
+def test_lazy_import_check_sees_module_level_imports():
+    tree = ast.parse("import torch\nclass A:\n    from monai import x\ndef f():\n    import AnomalyDetectionLib\n")
+    assert import_time_imports(tree) == {"torch", "monai"}
+
+
+# ---------------------------------------------------------------- (d) constants agree with the engine
+
+
+def test_requirements_match_the_pinned_requirements_file():
+    pins = {}
+    for line in (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" in line:
+            pins[line.split("==")[0].lower()] = line
+    requirements = module_constant("REQUIREMENTS")
+    assert list(requirements)[0] == "torch", "torch must be installed first (monai would pull a default build)"
+    for requirement in requirements.values():
+        package = re.split(r"[=<>!~]", requirement)[0].lower()
+        assert pins.get(package) == requirement, f"{requirement} differs from requirements.txt ({pins.get(package)})"
+
+
+def engine_import_time_third_party() -> Set[str]:
+    names: Set[str] = set()
+    for package in PACKAGES:
+        for path in (MODULE_DIR / package).rglob("*.py"):
+            names |= import_time_imports(ast.parse(path.read_text(encoding="utf-8")))
+    stdlib = set(getattr(sys, "stdlib_module_names", ())) | {"__future__"}
+    return {n for n in names if n not in stdlib and n not in PACKAGES}
+
+
+@pytest.mark.skipif(not hasattr(sys, "stdlib_module_names"), reason="needs Python 3.10+ to tell stdlib modules")
+def test_engine_imports_are_shipped_by_slicer_or_installed_on_first_use():
+    uncovered = engine_import_time_third_party() - SHIPPED_WITH_SLICER - set(module_constant("REQUIREMENTS"))
+    assert not uncovered, f"the engine imports {sorted(uncovered)}, which neither Slicer nor REQUIREMENTS provides"
+
+
+def test_default_model_and_scores_match_the_engine():
+    model_file_path = MODULE_DIR / "AnomalyDetectionLib" / "models" / "model_file.py"
+    model_file = ast.parse(model_file_path.read_text(encoding="utf-8"))
+    engine_default = next(ast.literal_eval(n.value) for n in model_file.body if isinstance(n, ast.Assign)
+                          and any(getattr(t, "id", None) == "DEFAULT_MODEL" for t in n.targets))
+    assert module_constant("DEFAULT_MODEL_NAME") == engine_default
+    assert (MODULE_DIR / "Resources" / "Models" / f"{engine_default}.pt").is_file()
+
+    from AnomalyDetectionLib.scoring import SCORES, VARIATIONAL_ONLY
+
+    assert list(module_constant("SCORE_HELP")) == list(SCORES)
+    assert tuple(module_constant("VARIATIONAL_ONLY")) == tuple(VARIATIONAL_ONLY)
+
+
+def test_sample_data_files_exist():
+    for name in ("brain_t1_tumour.nrrd", "brain_t1_tumour_truth.nrrd"):
+        assert (MODULE_DIR / "Resources" / "Samples" / name).is_file()
+    assert (MODULE_DIR / "Resources" / "Icons" / "brain_t1_tumour.png").is_file()
+    assert (MODULE_DIR / "Resources" / "Icons" / "AnomalyDetection.png").is_file()
