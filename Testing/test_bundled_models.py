@@ -74,10 +74,10 @@ def test_default_model_on_the_sample_puts_its_map_on_the_input_grid(sample_resul
     assert not report["warnings"]
 
 
-@pytest.mark.parametrize("score, min_auroc, min_dice", [("combi", 0.85, 0.05), ("reconstruction", 0.93, 0.3)])
+@pytest.mark.parametrize("score, min_auroc, min_dice", [("combi", 0.83, 0.04), ("reconstruction", 0.93, 0.3)])
 def test_the_bundled_vae_finds_the_sample_tumour(sample_result, score, min_auroc, min_dice) -> None:
-    """Bounds a little under what the shipped model gives (README: combi AUROC 0.90, Dice 0.10;
-    reconstruction 0.96, 0.47): a retrained model that does clearly worse fails here."""
+    """Bounds a little under what the shipped model gives (README: combi AUROC 0.87, Dice 0.07;
+    reconstruction 0.96, 0.42): a retrained model that does clearly worse fails here."""
     if score == sample_result.report["score"]:
         result = sample_result
     else:  # same scan and template: reuse the registration, as the demo does
