@@ -114,3 +114,21 @@ def test_the_shipped_sample_is_reproducible(tmp_path) -> None:
         assert np.array_equal(sitk.GetArrayViewFromImage(regenerated), sitk.GetArrayViewFromImage(shipped))
         assert np.allclose(regenerated.GetOrigin(), shipped.GetOrigin())
         assert np.allclose(regenerated.GetDirection(), shipped.GetDirection())
+
+
+def test_quick_benchmark_of_the_bundled_models(tmp_path, capsys) -> None:
+    """``anomaly-detection benchmark --quick``: 6 generated cases (skull on and off, several voxel
+    orders) through registration and every bundled model and score, about a minute on a CPU."""
+    out = tmp_path / "bench"
+    assert cli_main(["benchmark", "--quick", "--output-dir", str(out), "--device", "cpu", "-q"]) == 0
+    report = json.loads((out / "benchmark.json").read_text())
+    assert report["n_cases"] == 6 and report["case_counts"]["normal"] == 2
+    rows = {(r["model"], r["score"]): r for r in report["summary"]}
+    for name in BUNDLED:
+        for score in scores_for(load_model(name)):
+            assert (name, score) in rows, (name, score)
+    assert not [w for r in report["cases"] for w in r["warnings"]]  # every registration looked normal
+    assert all(r["fp_rate"] <= 0.01 for r in report["summary"])
+    for key in (("brain_t1_vae", "reconstruction"), ("brain_t1_ae", "energy_projection"), ("brain_t1_ae", "ensemble")):
+        assert rows[key]["voxel_auroc"] > 0.9 and rows[key]["sample_auroc"] >= 0.9, key
+    assert "Targets (brain_t1_vae, combi)" in capsys.readouterr().out
