@@ -1025,7 +1025,7 @@ class AnomalyDetectionLogic(ScriptedLoadableModuleLogic):
         """
         self.setupPythonRequirements()
         from AnomalyDetectionLib import InputError, train
-        from AnomalyDetectionLib.cli import expand_inputs
+        from AnomalyDetectionLib.preprocessing.io import expand_inputs
         from AnomalyDetectionLib.preprocessing.template import template_entry
 
         folder = Path(normalFolder)

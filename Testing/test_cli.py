@@ -14,8 +14,9 @@ import SimpleITK as sitk
 import torch
 
 from AnomalyDetectionLib import load_model
-from AnomalyDetectionLib.cli import expand_inputs, main
+from AnomalyDetectionLib.cli import main
 from AnomalyDetectionLib.preprocessing import write_image_atomic
+from AnomalyDetectionLib.preprocessing.io import expand_inputs
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ Every user error is one line on stderr naming the file and the problem, with exi
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ from .errors import AnomalyDetectionError, InputError
 from .models import Model, bundled_model_paths, bundled_models_dir, load_model
 from .models.model_file import DEFAULT_MODEL, SLICE_AXES, load_model_file
 from .postprocessing import SMOOTHING, postprocessing_settings
-from .preprocessing.io import IMAGE_EXTENSIONS, case_stem
+from .preprocessing.io import case_stem, expand_inputs
 from .preprocessing.template import DEFAULT_SPACING_MM, SUPPORTED_TEMPLATES, template_entry
 from .scoring import SCORES, check_score, scores_for
 from .version import __version__
@@ -41,30 +40,6 @@ class TqdmProgress:
 
     def close(self) -> None:
         self.bar.close()
-
-
-def expand_inputs(patterns: Sequence[str]) -> List[Path]:
-    """Files, folders and glob patterns -> the image files and DICOM series folders they name.
-
-    A folder holding image files stands for those files; a folder without any stands for one
-    DICOM series. A pattern that matches nothing is kept, so it is reported as missing.
-    """
-    found: List[Path] = []
-    for pattern in patterns:
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-        for match in matches or [pattern]:
-            path = Path(match)
-            if path.is_dir():
-                files = sorted(p for p in path.iterdir() if p.is_file() and _is_image_file(p))
-                found.extend(files or [path])
-            else:
-                found.append(path)
-    return found
-
-
-def _is_image_file(path: Path) -> bool:
-    name = path.name.lower()
-    return any(name.endswith(ext) for ext in IMAGE_EXTENSIONS if ext != ".dcm")
 
 
 def cmd_models(args: argparse.Namespace) -> int:

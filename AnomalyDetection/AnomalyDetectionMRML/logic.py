@@ -20,13 +20,12 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 import SimpleITK as sitk
 
 from AnomalyDetectionLib import Cancelled, Model, detect, load_model, write_detection
-from AnomalyDetectionLib.cli import expand_inputs
 from AnomalyDetectionLib.device import resolve_device
 from AnomalyDetectionLib.errors import AnomalyDetectionError, InputError
 from AnomalyDetectionLib.evaluation.report import csv_text, evaluate_case, match_files
 from AnomalyDetectionLib.models.model_file import DEFAULT_MODEL
 from AnomalyDetectionLib.postprocessing import postprocessing_settings
-from AnomalyDetectionLib.preprocessing.io import case_stem, read_volume, write_text_atomic
+from AnomalyDetectionLib.preprocessing.io import case_stem, expand_inputs, read_volume, write_text_atomic
 from AnomalyDetectionLib.progress import Progress
 from AnomalyDetectionLib.scoring import check_score
 

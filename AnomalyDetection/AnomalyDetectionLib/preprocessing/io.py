@@ -6,9 +6,10 @@ direction) wherever it goes, so no output can lose it.
 
 from __future__ import annotations
 
+import glob
 import os
 from pathlib import Path
-from typing import Union
+from typing import List, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -102,3 +103,27 @@ def write_text_atomic(text: str, path: PathLike) -> None:
     """Write a text file (JSON, CSV) atomically, like :func:`write_image_atomic`."""
     with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
         handle.write(text)
+
+
+def expand_inputs(patterns: Sequence[str]) -> List[Path]:
+    """Files, folders and glob patterns -> the image files and DICOM series folders they name.
+
+    A folder holding image files stands for those files; a folder without any stands for one
+    DICOM series. A pattern that matches nothing is kept, so it is reported as missing.
+    """
+    found: List[Path] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        for match in matches or [pattern]:
+            path = Path(match)
+            if path.is_dir():
+                files = sorted(p for p in path.iterdir() if p.is_file() and _is_image_file(p))
+                found.extend(files or [path])
+            else:
+                found.append(path)
+    return found
+
+
+def _is_image_file(path: Path) -> bool:
+    name = path.name.lower()
+    return any(name.endswith(ext) for ext in IMAGE_EXTENSIONS if ext != ".dcm")
