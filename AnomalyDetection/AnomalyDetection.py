@@ -208,7 +208,7 @@ class AnomalyDetectionParameterNode:
     threshold - the current threshold of the anomaly segmentation.
     anomalyMap, anomalySegmentation - outputs (None: created by the next detection).
     referenceSegmentation, referenceSegmentID - the reference for Evaluate.
-    extraScores - also output every other score's map (teaching).
+    extraScores - also output every other score's map and the model's reconstruction (teaching).
     trainArch, trainEpochs, trainTemplate - training choices.
     """
 
@@ -589,6 +589,7 @@ class AnomalyDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 p.inputVolume, model=p.model, score=p.score or None, threshold="auto", device=p.device,
                 batchSize=p.batchSize, scoreParams=self._scoreParams(), postprocessing=self._postprocessing(),
                 extraScores=self.logic.scoresForModel(p.model) if p.extraScores else (),
+                reconstruction=p.extraScores,
                 progress=self._progress, cancel=self._cancel, outputs=previous,
             )
             self._showOutputs(outputs)
@@ -874,12 +875,14 @@ class AnomalyDetectionLogic(ScriptedLoadableModuleLogic):
         cancel: Optional[CancelCheck] = None,
         outputs=None,
         showResult: bool = True,
+        reconstruction: bool = False,
     ):
         """Detect anomalies in ``volumeNode``; returns ``AnomalyDetectionMRML.DetectionOutputs``.
 
         ``model``: a bundled model's name (default ``brain_t1_vae``), a ``.pt`` path or a loaded model;
         ``score``: None for the model's default; ``threshold``: "auto" (calibrated) or a number;
-        ``extraScores``: other scores whose maps are added side by side; ``outputs``: an earlier
+        ``extraScores``: other scores whose maps are added side by side; ``reconstruction``: also
+        the model's reconstruction of the scan as a volume (teaching); ``outputs``: an earlier
         result whose nodes are reused. Creates a float32 anomaly map on the input's exact grid (shown
         as a heat map over the input when ``showResult``) and a segmentation with segment "Anomaly".
         Raises ``AnomalyDetectionLib.Cancelled`` when ``cancel()`` returns True and
@@ -892,7 +895,7 @@ class AnomalyDetectionLogic(ScriptedLoadableModuleLogic):
             volumeNode, model=self.loadModel(model), score=score, threshold=threshold, device=device,
             batch_size=batchSize, score_params=dict(scoreParams) if scoreParams else None,
             postprocessing=dict(postprocessing) if postprocessing else None, progress=progress, cancel=cancel,
-            outputs=outputs, extra_scores=tuple(extraScores),
+            outputs=outputs, extra_scores=tuple(extraScores), reconstruction=reconstruction,
         )
         if showResult and slicer.app.layoutManager() is not None:
             slicer.util.setSliceViewerLayers(background=volumeNode, foreground=result.map_node, foregroundOpacity=0.5)

@@ -25,8 +25,10 @@ from AnomalyDetectionLib.models import build_model, make_card, save_model  # noq
 from AnomalyDetectionMRML import (  # noqa: E402
     evaluate_nodes,
     image_to_volume_node,
+    node_array,
     process,
     process_folder,
+    same_grid,
     set_slice_layers,
     update_segmentation,
     volume_node_to_image,
@@ -244,14 +246,18 @@ def test_dice_against_reference_segmentation(volume, scene, model_path):
 
 
 def test_second_run_reuses_output_nodes(volume, scene, model_path):
-    first = process(volume, model_path, device="cpu", extra_scores=("reconstruction",))
+    first = process(volume, model_path, device="cpu", extra_scores=("reconstruction",), reconstruction=True)
     assert first.extra_nodes["reconstruction"].GetName() == "scan reconstruction"
+    rebuilt = first.extra_nodes["reconstructed"]
+    assert rebuilt.GetName() == "scan reconstructed" and same_grid(volume, rebuilt)[0]
+    assert 0.0 <= node_array(rebuilt).min() and node_array(rebuilt).max() <= 1.0 and node_array(rebuilt).max() > 0
     count = scene.GetNumberOfNodes()
     second = process(volume, model_path, device="cpu", threshold=0.0123, outputs=first,
-                     extra_scores=("reconstruction",))
+                     extra_scores=("reconstruction",), reconstruction=True)
     assert scene.GetNumberOfNodes() == count
     assert second.map_node is first.map_node and second.segmentation_node is first.segmentation_node
     assert second.extra_nodes["reconstruction"] is first.extra_nodes["reconstruction"]
+    assert second.extra_nodes["reconstructed"] is rebuilt
     assert second.segmentation_node.GetSegmentation().GetNumberOfSegments() == 1
     assert second.report["threshold"] == pytest.approx(0.0123)
 

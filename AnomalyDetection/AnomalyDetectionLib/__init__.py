@@ -9,7 +9,7 @@ Python console, a notebook or a shell::
     report = evaluate([result.anomaly_map], ["truth.nii.gz"], thresholds=[result.report["threshold"]])
 """
 
-from .detection import DetectionResult, detect, write_detection
+from .detection import DetectionResult, detect, reconstruct, write_detection
 from .errors import AnomalyDetectionError, Cancelled, DeviceError, InputError, ModelError
 from .evaluation import evaluate
 from .models import Model, load_model, save_model
@@ -19,6 +19,6 @@ from .version import __version__
 
 __all__ = [
     "SCORES", "AnomalyDetectionError", "Cancelled", "DetectionResult", "DeviceError", "InputError", "Model",
-    "ModelError", "__version__", "calibrate", "detect", "evaluate", "load_model", "save_model", "train",
-    "write_detection",
+    "ModelError", "__version__", "calibrate", "detect", "evaluate", "load_model", "reconstruct", "save_model",
+    "train", "write_detection",
 ]

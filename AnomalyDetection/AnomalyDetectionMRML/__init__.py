@@ -6,8 +6,8 @@ function takes its nodes as arguments and reaches the scene through ``node.GetSc
 """
 
 from .evaluation import evaluate_nodes, segment_to_image
-from .logic import RESULTS_CSV, DetectionOutputs, process, process_folder, resolve_model
-from .nodes import image_to_volume_node, volume_node_to_image
+from .logic import RECONSTRUCTED, RESULTS_CSV, DetectionOutputs, process, process_folder, resolve_model
+from .nodes import image_to_volume_node, node_array, same_grid, volume_node_to_image
 from .outputs import (
     DEFAULT_COLOUR_NODE_ID,
     ensure_segmentation_converters,
@@ -18,8 +18,8 @@ from .outputs import (
 )
 
 __all__ = [
-    "DEFAULT_COLOUR_NODE_ID", "RESULTS_CSV", "DetectionOutputs", "ensure_segmentation_converters",
-    "evaluate_nodes", "heat_colour_node_id", "image_to_volume_node", "process", "process_folder",
-    "resolve_model", "segment_to_image", "set_slice_layers", "show_anomaly_map", "update_segmentation",
-    "volume_node_to_image",
+    "DEFAULT_COLOUR_NODE_ID", "RECONSTRUCTED", "RESULTS_CSV", "DetectionOutputs", "ensure_segmentation_converters",
+    "evaluate_nodes", "heat_colour_node_id", "image_to_volume_node", "node_array", "process", "process_folder",
+    "resolve_model", "same_grid", "segment_to_image", "set_slice_layers", "show_anomaly_map",
+    "update_segmentation", "volume_node_to_image",
 ]

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import SimpleITK as sitk
 
-from AnomalyDetectionLib import Cancelled, Model, detect, load_model, write_detection
+from AnomalyDetectionLib import Cancelled, Model, detect, load_model, reconstruct, write_detection
 from AnomalyDetectionLib.device import resolve_device
 from AnomalyDetectionLib.errors import AnomalyDetectionError, InputError
 from AnomalyDetectionLib.evaluation.report import csv_text, evaluate_case, match_files
@@ -32,13 +32,15 @@ from AnomalyDetectionLib.scoring import check_score
 from .nodes import image_to_volume_node, volume_node_to_image
 from .outputs import SEGMENT_NAME, show_anomaly_map, update_segmentation
 
-__all__ = ["RESULTS_CSV", "DetectionOutputs", "process", "process_folder", "resolve_model"]
+__all__ = ["RECONSTRUCTED", "RESULTS_CSV", "DetectionOutputs", "process", "process_folder", "resolve_model"]
 
 ModelInput = Union[None, Model, str, "os.PathLike[str]"]
 ProgressCallback = Callable[[float, str], None]
 CancelCheck = Callable[[], bool]
 #: File name of the per-case table ``process_folder`` writes into its output folder.
 RESULTS_CSV = "anomaly_detection_results.csv"
+#: ``DetectionOutputs.extra_nodes`` key of the model's reconstruction of the input (``reconstruction=True``).
+RECONSTRUCTED = "reconstructed"
 
 
 @dataclass
@@ -97,13 +99,17 @@ def process(
     cancel: Optional[CancelCheck] = None,
     outputs: Optional[DetectionOutputs] = None,
     extra_scores: Sequence[str] = (),
+    reconstruction: bool = False,
 ) -> DetectionOutputs:
     """Detect anomalies in ``volume_node``; create (or, with ``outputs``, update) the output nodes.
 
     Outputs: a float32 map volume ``"<input> anomaly map"`` on the input's exact grid, shown as a
     heat map; a segmentation ``"<input> anomalies"`` whose segment ``"Anomaly"`` is the map at the
     report's threshold; and for each of ``extra_scores`` that score's map as ``"<input> <score>"``
-    (side-by-side maps for teaching; the registration is done once and reused). All outputs
+    (side-by-side maps for teaching; the registration is done once and reused); with
+    ``reconstruction`` also the model's reconstruction of the scan ``"<input> reconstructed"``
+    (grey values, ``extra_nodes["reconstructed"]``; the key differs from the ``reconstruction``
+    score's map): what the model takes for the normal scan. All outputs
     sit under the input's parent transform. ``progress(fraction, message)`` and ``cancel()`` are
     passed to the engine. The input node is never modified. Engine errors (bad input, unfit model,
     :class:`Cancelled`, missing CUDA) propagate unchanged, and no node of this call remains.
@@ -123,7 +129,7 @@ def process(
     resolve_device(device)
 
     steps = Progress(progress, cancel)
-    runs = 1 + len(extras)
+    runs = 1 + len(extras) + int(reconstruction)
     common = {"device": device, "batch_size": batch_size, "postprocessing": postprocessing, "cancel": cancel,
               "name": name}
     result = detect(image, loaded, score=main_score, threshold=threshold, score_params=score_params,
@@ -133,6 +139,10 @@ def process(
         extra_result = detect(image, loaded, score=extra, threshold="auto", registration=result.registration,
                               progress=_sub_progress(steps, i, runs), **common)
         extra_maps[extra] = extra_result.anomaly_map
+    rebuilt = None
+    if reconstruction:
+        rebuilt = reconstruct(image, loaded, device=device, batch_size=batch_size, cancel=cancel, name=name,
+                              registration=result.registration, progress=_sub_progress(steps, runs - 1, runs))
     steps.check_cancel()
 
     before = set(_node_ids(scene))
@@ -154,6 +164,13 @@ def process(
             _place_like(node, volume_node, None)
             show_anomaly_map(node)
             extra_nodes[extra] = node
+        if rebuilt is not None:
+            reuse = previous.extra_nodes.get(RECONSTRUCTED)
+            node = image_to_volume_node(rebuilt, scene, f"{name} reconstructed",
+                                        node=reuse if _alive(reuse, scene) else None)
+            _place_like(node, volume_node, None)
+            node.CreateDefaultDisplayNodes()  # grey values, like the input
+            extra_nodes[RECONSTRUCTED] = node
     except BaseException:
         _remove_new_nodes(scene, before)
         raise
