@@ -1,11 +1,12 @@
 """Training on normal volumes, augmentation, and threshold calibration."""
 
-from .augmentation import DEFAULT_AUGMENTATION, augmentation_settings, make_augmentation
+from .augmentation import DEFAULT_AUGMENTATION, augmentation_settings, make_augmentation, no_augmentation
 from .calibration import DEFAULT_PERCENTILE, calibrate
 from .dataset import SliceDataset, extract_slices
-from .trainer import checkpoint_path, split_volumes, train
+from .trainer import checkpoint_path, fit_network, split_volumes, train
 
 __all__ = [
     "DEFAULT_AUGMENTATION", "DEFAULT_PERCENTILE", "SliceDataset", "augmentation_settings", "calibrate",
-    "checkpoint_path", "extract_slices", "make_augmentation", "split_volumes", "train",
+    "checkpoint_path", "extract_slices", "fit_network", "make_augmentation", "no_augmentation", "split_volumes",
+    "train",
 ]

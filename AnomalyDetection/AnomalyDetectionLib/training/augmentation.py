@@ -42,6 +42,11 @@ def augmentation_settings(overrides: Optional[Mapping[str, Any]] = None) -> Dict
     return settings
 
 
+def no_augmentation() -> Dict[str, Any]:
+    """Settings that leave every slice as it is (images that are already varied, e.g. Fashion-MNIST)."""
+    return augmentation_settings({"affine": False, "gamma": [], "bias_field": 0.0, "noise_std": 0.0})
+
+
 def make_augmentation(settings: Mapping[str, Any], size: int, seed: int) -> Compose:
     """A seeded MONAI ``Compose`` for channel-first ``(1, size, size)`` slices in [0, 1]."""
     p = float(settings["probability"])

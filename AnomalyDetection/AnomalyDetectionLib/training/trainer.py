@@ -25,7 +25,7 @@ from ..device import resolve_device
 from ..errors import ModelError
 from ..models import Model, build_model, make_card, negative_elbo, save_model
 from ..progress import CancelCheck, Progress, ProgressCallback
-from .augmentation import augmentation_settings, make_augmentation
+from .augmentation import augmentation_settings, make_augmentation, no_augmentation
 from .calibration import DEFAULT_PERCENTILE, calibrate
 from .dataset import SliceDataset, VolumeInput, extract_slices, volume_name
 
@@ -106,43 +106,12 @@ def train(
 
     torch.manual_seed(seed)  # the initial weights are part of what the seed fixes
     model = build_model(card).to(torch_device)
-    optimiser = torch.optim.Adam(model.network.parameters(), lr=learning_rate)
-    history: List[Dict[str, float]] = []
-    best_val, best_state, first_epoch = float("inf"), None, 0
     ckpt = checkpoint_path(output) if output else None
-    if resume and ckpt is not None and ckpt.exists():
-        first_epoch, best_val, best_state, history = _load_checkpoint(ckpt, model, optimiser, card)
-
     started = time.perf_counter()
-    fit = steps.sub(0.05, 0.85)
-    for epoch in range(first_epoch, epochs):
-        torch.manual_seed(seed * 100_003 + epoch)
-        transform = make_augmentation(aug, size, seed * 100_003 + epoch)
-        # MONAI's loader reseeds the augmentation in each worker from the generator, so a run
-        # with the same number of workers is reproducible and workers do not repeat draws.
-        loader = DataLoader(
-            SliceDataset(train_slices, transform), batch_size=batch_size, shuffle=True, num_workers=workers,
-            generator=torch.Generator().manual_seed(seed * 100_003 + epoch),
-        )
-        model.network.train()
-        losses = []
-        for step, batch in enumerate(loader):
-            fit.report((epoch + step / len(loader)) / epochs,
-                       f"epoch {epoch + 1}/{epochs}" + (f", loss {np.mean(losses):.2f}" if losses else ""))
-            loss = negative_elbo(model.network, batch.to(torch_device), sample=True).mean()
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            losses.append(loss.item())
-        val_loss = _validation_loss(model, val_slices, batch_size, torch_device)
-        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss})
-        if val_loss < best_val:
-            best_val, best_state = val_loss, copy.deepcopy(model.network.state_dict())
-        if ckpt is not None:
-            _save_checkpoint(ckpt, epoch + 1, model, optimiser, best_val, best_state, history)
-    fit.report(1.0, f"trained, best validation loss {best_val:.2f}")
+    best_val, history = fit_network(model, train_slices, val_slices, epochs=epochs, batch_size=batch_size,
+                                    learning_rate=learning_rate, seed=seed, augmentation=aug, workers=workers,
+                                    checkpoint=ckpt, resume=resume, progress=steps.sub(0.05, 0.85))
 
-    model.network.load_state_dict(best_state)
     model.network.eval()
     if calibration_volumes:
         calibration_set, calibration_source = list(calibration_volumes), "given calibration volumes"
@@ -178,6 +147,68 @@ def train(
         if ckpt is not None and ckpt.exists():
             ckpt.unlink()
     return model
+
+
+def fit_network(
+    model: Model,
+    train_slices: np.ndarray,
+    val_slices: np.ndarray,
+    epochs: int,
+    batch_size: int = 32,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+    augmentation: Optional[Mapping[str, Any]] = None,
+    workers: int = 0,
+    checkpoint: Optional[Path] = None,
+    resume: bool = False,
+    progress: Optional[Progress] = None,
+) -> Tuple[float, List[Dict[str, float]]]:
+    """Fit ``model``'s network to normal ``train_slices`` ``(n, 1, size, size)`` in [0, 1] with Adam.
+
+    The one training loop of the engine: :func:`train` runs it on slices of volumes, the paper
+    experiments on 2D images. The network ends with the weights of the best validation loss.
+    Returns ``(best validation loss, history)``. ``augmentation`` is a settings dict (see
+    :func:`~.augmentation.augmentation_settings`; ``None`` means no augmentation).
+    """
+    steps = progress or Progress()
+    device = model.device
+    size = int(train_slices.shape[-1])
+    aug = augmentation_settings(augmentation) if augmentation is not None else no_augmentation()
+    optimiser = torch.optim.Adam(model.network.parameters(), lr=learning_rate)
+    history: List[Dict[str, float]] = []
+    best_val, best_state, first_epoch = float("inf"), None, 0
+    if resume and checkpoint is not None and checkpoint.exists():
+        first_epoch, best_val, best_state, history = _load_checkpoint(checkpoint, model, optimiser, model.card)
+    for epoch in range(first_epoch, epochs):
+        torch.manual_seed(seed * 100_003 + epoch)
+        transform = make_augmentation(aug, size, seed * 100_003 + epoch)
+        # MONAI's loader reseeds the augmentation in each worker from the generator, so a run
+        # with the same number of workers is reproducible and workers do not repeat draws.
+        loader = DataLoader(
+            SliceDataset(train_slices, transform), batch_size=batch_size, shuffle=True, num_workers=workers,
+            generator=torch.Generator().manual_seed(seed * 100_003 + epoch),
+        )
+        model.network.train()
+        losses: List[float] = []
+        for step, batch in enumerate(loader):
+            steps.report((epoch + step / len(loader)) / epochs,
+                         f"epoch {epoch + 1}/{epochs}" + (f", loss {np.mean(losses):.2f}" if losses else ""))
+            loss = negative_elbo(model.network, batch.to(device), sample=True).mean()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            losses.append(loss.item())
+        val_loss = _validation_loss(model, val_slices, batch_size, device)
+        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss})
+        if val_loss < best_val:
+            best_val, best_state = val_loss, copy.deepcopy(model.network.state_dict())
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, epoch + 1, model, optimiser, best_val, best_state, history)
+    steps.report(1.0, f"trained, best validation loss {best_val:.2f}")
+    if best_state is not None:
+        model.network.load_state_dict(best_state)
+    model.network.eval()
+    return best_val, history
 
 
 @torch.no_grad()
