@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint benchmark speed models clean
+.PHONY: setup demo test lint benchmark speed models experiments clean
 
 setup: $(STAMP)
 
 $(STAMP): requirements.txt pyproject.toml
-	@scripts/install_anatomy.sh
+	@scripts/install_datasets.sh
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
@@ -29,6 +29,9 @@ benchmark: $(STAMP)
 
 speed: $(STAMP)
 	$(BIN)/python scripts/speed_benchmark.py
+
+experiments: $(STAMP)
+	$(BIN)/anomaly-detection experiment all --output-dir reports --workers 2
 
 models: $(STAMP)
 	$(BIN)/python scripts/train_bundled_models.py

@@ -1,4 +1,4 @@
-"""The ``anomaly-detection`` command: models, train, calibrate, detect, evaluate, benchmark.
+"""The ``anomaly-detection`` command: models, train, calibrate, detect, evaluate, benchmark, experiment.
 
 Every user error is one line on stderr naming the file and the problem, with exit code 2;
 ``detect`` on many inputs goes on past a bad one and reports it at the end.
@@ -192,6 +192,28 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The experiments, in the order ``experiment all`` runs them (kept here so --help needs no import).
+EXPERIMENT_NAMES = ("zimmerer2019", "zhou2020", "cai2024")
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from .experiments import run_experiment
+
+    resolve_device(args.device)
+    names = list(EXPERIMENT_NAMES) if args.name == "all" else [args.name]
+    for name in names:
+        bar = TqdmProgress(name, enabled=not args.quiet)
+        command = " ".join(["anomaly-detection", "experiment", name] + (["--quick"] if args.quick else [])
+                           + ["--seed", str(args.seed), "--workers", str(args.workers)])
+        try:
+            paths = run_experiment(name, args.output_dir, quick=args.quick, device=args.device, seed=args.seed,
+                                   workers=args.workers, progress=bar, command=command)
+        finally:
+            bar.close()
+        print(f"{name}: wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
 def _bundled_models() -> List[Model]:
     """Every bundled model, the default one first (the benchmark checks its targets on the first)."""
     paths = sorted(bundled_model_paths(), key=lambda p: p.stem != DEFAULT_MODEL)
@@ -354,6 +376,18 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--batch-size", type=int, default=32)
     be.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     be.set_defaults(func=cmd_benchmark)
+
+    ex = sub.add_parser("experiment", help="rerun a paper's experiment; writes a Markdown/HTML report with tables "
+                                           "and figures under OUTPUT_DIR/NAME")
+    ex.add_argument("name", choices=[*EXPERIMENT_NAMES, "all"],
+                    help="zimmerer2019 (VAE scores), zhou2020 (beta sweep), cai2024 (AE latent size), or all")
+    ex.add_argument("--quick", action="store_true", help="tiny data, seconds: checks the code path, not the papers")
+    ex.add_argument("--output-dir", "-o", default="reports")
+    ex.add_argument("--device", choices=DEVICES, default="auto")
+    ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--workers", type=int, default=0, help="processes preparing brain subjects in parallel")
+    ex.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    ex.set_defaults(func=cmd_experiment)
     return parser
 
 

@@ -1,9 +1,11 @@
-"""Offline real anatomy (MNI152, Colin27) and seeded synthetic subjects/anomalies with ground truth."""
+"""Offline real anatomy (MNI152, Colin27), Fashion-MNIST, and seeded synthetic subjects/anomalies with ground truth."""
 
 from __future__ import annotations
 
 from .anatomy import ANATOMY, anatomy_path, available_anatomy, brain_mask, load_anatomy, resample_isotropic
 from .benchmark_cases import benchmark_case_specs, iter_benchmark_cases
+from .fashion_mnist import CLASSES as FASHION_MNIST_CLASSES
+from .fashion_mnist import fashion_mnist_available, load_fashion_mnist
 from .lesions import (
     LESION_TYPES,
     insert_blob,
@@ -18,12 +20,14 @@ from .population import SPLIT_SEEDS, make_case, make_subject, population, popula
 
 __all__ = [
     "ANATOMY",
+    "FASHION_MNIST_CLASSES",
     "LESION_TYPES",
     "SPLIT_SEEDS",
     "anatomy_path",
     "available_anatomy",
     "benchmark_case_specs",
     "brain_mask",
+    "fashion_mnist_available",
     "insert_blob",
     "insert_copied_patch",
     "insert_intensity_shift",
@@ -32,6 +36,7 @@ __all__ = [
     "insert_tumour",
     "iter_benchmark_cases",
     "load_anatomy",
+    "load_fashion_mnist",
     "make_case",
     "make_subject",
     "population",

@@ -40,7 +40,7 @@ from ..scoring import SCORES, check_score, scores_for
 from ..version import __version__
 from . import metrics
 from .figures import axial_slices, cases_figure
-from .report import _mean_median, _plain, csv_text, evaluate_case
+from .report import _mean_median, csv_text, evaluate_case, plain_json
 
 if TYPE_CHECKING:  # the data package (generators, templates) is only needed by whoever makes the cases
     from ..data.cases import BenchmarkCase
@@ -159,7 +159,7 @@ def run_benchmark(
         "registrations": registrations,
         "figure": figure,
     }
-    return _plain(report)
+    return plain_json(report)
 
 
 def _prefixed(callback: Optional[ProgressCallback], prefix: str) -> Optional[ProgressCallback]:
@@ -515,7 +515,7 @@ def write_benchmark(report: Mapping[str, Any], output_dir: Union[str, os.PathLik
     (:func:`format_table`) and ``benchmark.png`` (when the report has lesion cases to show).
     """
     folder = Path(output_dir)
-    plain = _plain(dict(report))
+    plain = plain_json(dict(report))
     figure = plain.pop("figure", []) or []
     plain["figure_cases"] = [{k: entry[k] for k in ("case", "kind", "slice_index")} for entry in figure]
     paths = {"json": folder / "benchmark.json", "csv": folder / "benchmark.csv",

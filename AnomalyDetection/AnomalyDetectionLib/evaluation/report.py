@@ -319,12 +319,12 @@ def pair_cases(
 # ------------------------------------------------------------------------------------------ writing
 
 
-def _plain(value: Any) -> Any:
+def plain_json(value: Any) -> Any:
     """``value`` with numpy scalars made Python and NaN/Inf made None, so JSON holds no NaN token."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_json(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -340,7 +340,7 @@ def write_report(report: Dict[str, Any], json_path: Union[str, Path]) -> Tuple[P
     Returns the paths of the JSON and the CSV file.
     """
     json_path = Path(json_path)
-    plain = _plain(report)
+    plain = plain_json(report)
     write_text_atomic(json.dumps(plain, indent=2, allow_nan=False) + "\n", json_path)
     csv_path = json_path.with_name(_strip_json(json_path.name) + ".csv")
     write_text_atomic(csv_text(plain.get("cases", [])), csv_path)
@@ -350,7 +350,7 @@ def write_report(report: Dict[str, Any], json_path: Union[str, Path]) -> Tuple[P
 def csv_text(rows: Sequence[Dict[str, Any]]) -> str:
     """CSV of flat dicts: the union of their keys as columns (first-seen order), empty cells for
     None/NaN, lists joined with ``;`` so one row stays one line a spreadsheet can filter."""
-    rows = [_plain(row) for row in rows]
+    rows = [plain_json(row) for row in rows]
     columns: List[str] = []
     for row in rows:
         columns.extend(k for k in row if k not in columns)
