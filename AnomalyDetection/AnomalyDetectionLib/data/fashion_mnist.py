@@ -74,3 +74,39 @@ def as_slices(images: np.ndarray, size: int = 32) -> np.ndarray:
     top, left = (size - h) // 2, (size - w) // 2
     out[:, 0, top:top + h, left:left + w] = images.astype(np.float32) / 255.0
     return out
+
+
+def paste_anomalies(
+    normal: np.ndarray,
+    donors: np.ndarray,
+    seed: int = 0,
+    patch_range: Tuple[int, int] = (8, 14),
+    min_change: int = 26,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Pixel-level anomalies for Fashion-MNIST: a square of a ``donors`` image pasted into each ``normal`` image.
+
+    For each normal image (uint8 ``(n, 28, 28)``), a side in ``patch_range`` (inclusive) and a
+    position overlapping the garment are drawn, and the same square of a random donor image (of
+    the held-out class) replaces it. The truth is the pasted pixels whose value changed by at
+    least ``min_change`` grey levels (about 10 %), since pixels the paste left (almost) as they
+    were cannot be found by any detector. Returns ``(images uint8, truth uint8)``, same shape.
+    """
+    rng = np.random.default_rng(seed)
+    images = normal.copy()
+    truth = np.zeros(normal.shape, dtype=np.uint8)
+    n, h, w = normal.shape
+    for i in range(n):
+        side = int(rng.integers(patch_range[0], patch_range[1] + 1))
+        rows, cols = np.nonzero(normal[i] > 0)
+        if rows.size:  # centre the square on a pixel of the garment, kept inside the image
+            k = int(rng.integers(rows.size))
+            top = int(np.clip(rows[k] - side // 2, 0, h - side))
+            left = int(np.clip(cols[k] - side // 2, 0, w - side))
+        else:
+            top, left = int(rng.integers(h - side + 1)), int(rng.integers(w - side + 1))
+        donor = donors[int(rng.integers(len(donors)))]
+        window = (slice(top, top + side), slice(left, left + side))
+        changed = np.abs(donor[window].astype(np.int16) - normal[i][window].astype(np.int16)) >= min_change
+        images[i][window] = donor[window]
+        truth[i][window] = changed.astype(np.uint8)
+    return images, truth
