@@ -13,8 +13,6 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
-import markdown
-
 from ..atomic import atomic_output
 from ..evaluation.report import plain_json
 
@@ -90,6 +88,10 @@ class ExperimentReport:
 
     def write(self, output_dir: PathLike) -> Dict[str, Path]:
         """``report.md``, ``report.html`` and ``results.json`` in ``output_dir``; returns their paths."""
+        try:  # imported here: only the report writer needs it (Slicer's first-use install does not add it)
+            import markdown
+        except ImportError as exc:
+            raise ImportError("writing experiment reports needs the 'markdown' package (pip install markdown)") from exc
         folder = Path(output_dir)
         folder.mkdir(parents=True, exist_ok=True)
         text = self.markdown()
