@@ -64,7 +64,7 @@ def test_kl_gradient_matches_finite_differences(vae) -> None:
     from AnomalyDetectionLib.models import kl_divergence
 
     x = torch.rand(1, 1, 32, 32, dtype=torch.float32)
-    gradient = score_batch(vae, x, "kl_grad")
+    gradient = score_batch(vae, x, "kl_grad", sigma=0.0)  # the raw gradient, not smoothed
     index = torch.argmax(gradient)
     step = 1e-2
     bumped = x.clone().view(-1)
@@ -73,6 +73,26 @@ def test_kl_gradient_matches_finite_differences(vae) -> None:
         kl = lambda t: float(kl_divergence(*vae.network.encode(t.view(1, 1, 32, 32))))  # noqa: E731
         numeric = (kl(bumped) - kl(x)) / step
     assert abs(numeric) == pytest.approx(float(gradient.view(-1)[index]), rel=0.1)
+
+
+def test_gradient_scores_are_smoothed_by_the_cards_sigma(vae, slices) -> None:
+    from monai.networks.layers import GaussianFilter
+
+    x = torch.from_numpy(slices)
+    sigma = vae.card["gradient_sigma_px"]
+    assert sigma == pytest.approx(3.0 * vae.card["size"] / 64)  # Zimmerer et al.'s 3 px at 64 px
+    raw = score_batch(vae, x, "kl_grad", sigma=0.0)
+    smoothed = score_batch(vae, x, "kl_grad")
+    torch.testing.assert_close(smoothed, GaussianFilter(2, sigma)(raw))
+    assert float(smoothed.max()) < float(raw.max())  # speckle spread out
+    rec = score_batch(vae, x, "reconstruction")
+    torch.testing.assert_close(score_batch(vae, x, "combi"), rec * smoothed, rtol=1e-4, atol=1e-7)
+    card = dict(vae.card)
+    del card["gradient_sigma_px"]  # a card from before smoothing: maps as they were calibrated
+    old = type(vae)(card=card, network=vae.network)
+    torch.testing.assert_close(score_batch(old, x, "kl_grad"), raw)
+    with pytest.raises(ModelError, match="takes no parameter"):
+        score_batch(vae, x, "reconstruction", sigma=2.0)
 
 
 def test_energy_projection_without_steps_changes_nothing(vae, slices) -> None:

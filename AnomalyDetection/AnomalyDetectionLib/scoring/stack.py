@@ -37,21 +37,29 @@ def check_score(model: Model, score: str, params: Optional[Mapping[str, Any]] = 
             if member == "ensemble":
                 raise ModelError("an ensemble cannot contain itself")
             check_score(model, member)
-        member_params = {m: _accepted(m, params, strict=False) for m in members}
+        member_params = {m: _accepted(model, m, params, strict=False) for m in members}
         unused = set(params) - {k for p in member_params.values() for k in p}
         if unused:
             raise ModelError(f"no ensemble member of score 'ensemble' takes {', '.join(sorted(unused))}")
         return {"members": list(members), "normalisation": method, "member_params": member_params}
-    return _accepted(score, params, strict=True)
+    return _accepted(model, score, params, strict=True)
 
 
-def _accepted(score: str, params: Mapping[str, Any], strict: bool) -> Dict[str, Any]:
+#: Score parameters whose default a model card sets: parameter -> card key (absent key: the function's default).
+CARD_DEFAULTS = {"sigma": "gradient_sigma_px"}
+
+
+def _accepted(model: Model, score: str, params: Mapping[str, Any], strict: bool) -> Dict[str, Any]:
     names = list(inspect.signature(SLICE_SCORES[score]).parameters)[2:]
     unknown = set(params) - set(names)
     if strict and unknown:
         raise ModelError(f"score '{score}' takes no parameter {', '.join(sorted(unknown))} "
                          f"(its parameters: {', '.join(names) or 'none'})")
-    return {k: v for k, v in params.items() if k in names}
+    accepted = {k: v for k, v in params.items() if k in names}
+    for name, key in CARD_DEFAULTS.items():
+        if name in names and name not in accepted and model.card.get(key) is not None:
+            accepted[name] = model.card[key]
+    return accepted
 
 
 def score_batch(model: Model, x: torch.Tensor, score: str, **params: Any) -> torch.Tensor:
@@ -98,7 +106,8 @@ def score_slices(
     maps = {}
     for index, member in enumerate(members):
         part = progress.sub(index / len(members), (index + 1) / len(members))
-        if member_maps is not None and member in member_maps and not checked["member_params"][member]:
+        if member_maps is not None and member in member_maps and checked["member_params"][member] == check_score(
+                model, member):
             maps[member] = member_maps[member]
             continue
         maps[member] = _run_batches(model, slices, member, checked["member_params"][member], batch_size, part)
