@@ -51,6 +51,22 @@ def test_missing_fashion_mnist_is_a_clear_error(tmp_path):
         load_fashion_mnist("validation", folder=tmp_path)
 
 
+def test_an_experiment_without_fashion_mnist_says_that_part_was_skipped(tmp_path, monkeypatch):
+    from AnomalyDetectionLib.data.fashion_mnist import ENV_VAR
+    from AnomalyDetectionLib.experiments.images import fashion_mnist_skipped
+
+    monkeypatch.setenv(ENV_VAR, str(tmp_path))  # an empty folder: the data set is not there
+    report = ExperimentReport("demo", "A demo report")
+    assert fashion_mnist_skipped(report)
+    assert report.results["fashion_mnist"] == {"skipped": "Fashion-MNIST not installed"}
+    markdown_text = report.write(tmp_path / "report")["markdown"].read_text()
+    assert "## Fashion-MNIST" in markdown_text and "install_datasets.sh" in markdown_text
+    monkeypatch.delenv(ENV_VAR)
+    if fashion_mnist_available():  # with the real data set (the project's setup installs it) nothing is skipped
+        clean = ExperimentReport("demo", "A demo report")
+        assert not fashion_mnist_skipped(clean) and "fashion_mnist" not in clean.results
+
+
 def test_a_file_that_is_not_idx_is_refused(tmp_path):
     with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as handle:
         handle.write(np.array([1234, 1, 28, 28], dtype=">i4").tobytes() + bytes(784))

@@ -24,7 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..data.fashion_mnist import CLASSES, as_slices, fashion_mnist_available, load_fashion_mnist, paste_anomalies
+from ..data.fashion_mnist import CLASSES, as_slices, load_fashion_mnist, paste_anomalies
 from ..detection import finalise_map, score_prepared
 from ..evaluation import metrics
 from ..evaluation.figures import axial_slices
@@ -37,7 +37,7 @@ from ..training import split_volumes
 from ..training.latent_size import DEFAULT_EXPLAINED, choose_latent_dim
 from .brain import BrainData, evaluate_brain, figure_cases, summary_row, train_brain_model
 from .context import ExperimentContext
-from .images import fit_image_model, latent_codes, score_images, split_indices
+from .images import fashion_mnist_skipped, fit_image_model, latent_codes, score_images, split_indices
 from .plots import curve_figure, maps_figure
 from .report import ExperimentReport
 
@@ -457,10 +457,7 @@ def _rules_section(report: ExperimentReport, rules: Sequence[Dict[str, Any]], pc
 
 def run_fashion(context: ExperimentContext, report: ExperimentReport, progress: Progress) -> None:
     """The same sweep on Fashion-MNIST with pasted patches of an unseen class (seconds per model)."""
-    if not fashion_mnist_available():
-        report.heading("Fashion-MNIST")
-        report.text("Fashion-MNIST is not installed here (`scripts/install_datasets.sh`); this part was skipped.")
-        report.results["fashion_mnist"] = {"skipped": "Fashion-MNIST not installed"}
+    if fashion_mnist_skipped(report):
         return
     quick = context.quick
     latents = QUICK_LATENTS if quick else LATENTS

@@ -15,14 +15,14 @@ from typing import Any, Dict, List, Mapping, Sequence
 
 import numpy as np
 
-from ..data.fashion_mnist import CLASSES, as_slices, fashion_mnist_available, load_fashion_mnist, paste_anomalies
+from ..data.fashion_mnist import CLASSES, as_slices, load_fashion_mnist, paste_anomalies
 from ..evaluation import metrics
 from ..models import Model
 from ..progress import Progress
 from ..scoring import SCORES
 from .brain import case_maps, evaluate_brain, figure_cases, summary_row, train_brain_model
 from .context import ExperimentContext
-from .images import fit_image_model, score_images
+from .images import fashion_mnist_skipped, fit_image_model, score_images
 from .plots import curve_figure, maps_figure
 from .report import ExperimentReport
 
@@ -105,10 +105,9 @@ def run_brain(context: ExperimentContext, report: ExperimentReport, betas: Seque
 
 def run_fashion(context: ExperimentContext, report: ExperimentReport, betas: Sequence[float], progress: Progress
                 ) -> List[Dict[str, Any]]:
-    if not fashion_mnist_available():
-        report.heading("Fashion-MNIST")
-        report.text("Fashion-MNIST is not installed (`sudo apt-get install dataset-fashion-mnist`); "
-                    "this part was skipped.")
+    """The beta sweep on Fashion-MNIST with pasted patches of an unseen class: the natural-image side of the
+    energy-projection comparison."""
+    if fashion_mnist_skipped(report):
         return []
     train_images, train_labels = load_fashion_mnist("train")
     test_images, test_labels = load_fashion_mnist("test")

@@ -21,14 +21,14 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..data.fashion_mnist import CLASSES, as_slices, fashion_mnist_available, load_fashion_mnist, paste_anomalies
+from ..data.fashion_mnist import CLASSES, as_slices, load_fashion_mnist, paste_anomalies
 from ..evaluation import metrics
 from ..evaluation.figures import _pyplot, _save
 from ..models import Model
 from ..progress import Progress
 from .brain import case_maps, evaluate_brain, figure_cases, summary_row, train_brain_model
 from .context import ExperimentContext
-from .images import fit_image_model, image_terms, score_images
+from .images import fashion_mnist_skipped, fit_image_model, image_terms, score_images
 from .plots import curve_figure, maps_figure
 from .report import ExperimentReport
 
@@ -171,10 +171,7 @@ def fit_fashion(data: FashionData, odd: int, beta: float, context: ExperimentCon
 
 def run_fashion(context: ExperimentContext, report: ExperimentReport, progress: Progress) -> None:
     """Leave-one-class-out VAEs: sample-level terms, pixel-level scores on pasted patches, the beta sweep."""
-    if not fashion_mnist_available():
-        report.heading("Fashion-MNIST")
-        report.text("Fashion-MNIST is not installed here (`scripts/install_datasets.sh`); this part was skipped.")
-        report.results["fashion_mnist"] = {"skipped": "Fashion-MNIST not installed"}
+    if fashion_mnist_skipped(report):
         return
     quick = context.quick
     data = FashionData(quick, context.seed)
