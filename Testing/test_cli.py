@@ -66,6 +66,10 @@ def test_detect_then_evaluate(tiny_vae, case_dir, tmp_path, capsys) -> None:
     assert summary["false_positive_rate"] == pytest.approx(cases["normal"]["detected_fraction"])
     with open(report_path.with_suffix(".csv")) as handle:
         assert len(list(csv.DictReader(handle))) == 2
+    with open(report_path.with_name("report_curves.csv")) as handle:  # curves of the lesion case only
+        assert {row["case"] for row in csv.DictReader(handle)} == {"lesion"}
+    assert report_path.with_name("report_curves.png").stat().st_size > 0
+    assert "report_curves.png" in capsys.readouterr().out
 
 
 def test_detect_goes_on_past_a_bad_input(tiny_vae, case_dir, tmp_path, capsys) -> None:

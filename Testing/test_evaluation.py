@@ -22,10 +22,12 @@ from AnomalyDetectionLib.evaluation import (
     pair_cases,
     sample_auroc,
     sample_score,
+    threshold_curves,
     voxel_auprc,
     voxel_auroc,
     write_report,
 )
+from AnomalyDetectionLib.evaluation.figures import curves_figure
 
 # ------------------------------------------------------------------------------------------ metrics
 
@@ -270,13 +272,23 @@ def test_pair_cases_evaluate_and_write_report(tmp_path: Path) -> None:
     assert pair_cases(maps, truths)[0][3] is None
 
     stems, map_paths, truth_paths, mask_paths, thresholds = zip(*pairs)
-    report = evaluate(map_paths, truth_paths, mask_paths, thresholds, list(stems))
+    report = evaluate(map_paths, truth_paths, mask_paths, thresholds, list(stems), curves=True)
     assert report["cases"][0]["voxel_auroc"] == 1.0  # binary truth file read despite being 0/1
     assert math.isnan(report["cases"][1]["voxel_auroc"])  # empty (constant) truth file accepted
+    assert list(report["curves"]) == ["a"]  # only lesion cases have curves; cases keep no curve key
+    assert all("curves" not in case for case in report["cases"])
 
-    json_path, csv_path = write_report(report, tmp_path / "out" / "evaluation.json")
+    paths = write_report(report, tmp_path / "out" / "evaluation.json")
+    json_path, csv_path = paths["json"], paths["csv"]
     assert csv_path == tmp_path / "out" / "evaluation.csv"
+    assert paths["curves_png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with paths["curves_csv"].open(newline="") as handle:
+        curve_rows = list(csv.DictReader(handle))
+    assert {row["case"] for row in curve_rows} == {"a"}
+    assert set(curve_rows[0]) == {"case", "threshold", "fpr", "tpr", "precision", "dice"}
+    assert max(float(row["dice"]) for row in curve_rows) == pytest.approx(report["cases"][0]["best_dice"])
     text = json_path.read_text()
+    assert "curves" not in json.loads(text)
     assert "NaN" not in text and "Infinity" not in text
     loaded = json.loads(text)
     assert loaded["cases"][1]["voxel_auroc"] is None and loaded["summary"]["n_cases"] == 3
@@ -285,6 +297,40 @@ def test_pair_cases_evaluate_and_write_report(tmp_path: Path) -> None:
     assert rows[0][:3] == ["case", "voxel_auroc", "voxel_auprc"]
     assert [r[0] for r in rows[1:]] == ["a", "a_1", "b"]
     assert rows[2][1] == ""  # NaN AUROC of the normal case is an empty cell
+
+
+def test_threshold_curves_agree_with_the_exact_metrics() -> None:
+    rng = np.random.default_rng(3)
+    truth = rng.random((20, 30, 30)) < 0.05
+    scores = (rng.normal(size=truth.shape) + 1.5 * truth).astype(np.float32)
+    mask = np.ones_like(truth)
+    mask[:2] = 0
+    curves = threshold_curves(scores, truth, mask, points=400)
+    t, s = truth[mask > 0], scores[mask > 0]
+    assert curves["fpr"][0] == curves["tpr"][0] == 0.0 and curves["precision"][0] == 1.0  # nothing predicted
+    assert curves["tpr"][-1] == 1.0 and curves["fpr"][-1] == 1.0  # the lowest threshold takes every voxel
+    assert np.all(np.diff(curves["threshold"]) < 0) and np.all(np.diff(curves["tpr"]) >= 0)
+    for i in (1, len(curves["threshold"]) // 2, len(curves["threshold"]) - 1):  # each point is exact
+        predicted = s >= np.float32(curves["threshold"][i])
+        assert curves["tpr"][i] == np.count_nonzero(predicted & t) / np.count_nonzero(t)
+        assert curves["fpr"][i] == np.count_nonzero(predicted & ~t) / np.count_nonzero(~t)
+        assert curves["dice"][i] == pytest.approx(dice(predicted, t))
+    auc = np.sum(np.diff(curves["fpr"]) * (curves["tpr"][1:] + curves["tpr"][:-1]) / 2)
+    assert auc == pytest.approx(voxel_auroc(scores, truth, mask), abs=0.01)
+    ap = np.sum(np.diff(curves["tpr"]) * curves["precision"][1:])
+    assert ap == pytest.approx(voxel_auprc(scores, truth, mask), abs=0.02)
+    assert threshold_curves(scores, np.zeros_like(truth)) is None  # a normal case has no curves
+
+
+def test_curves_figure_marks_thresholds_and_handles_many_cases(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    truth = rng.random(5000) < 0.1
+    curves = {f"case {i}": threshold_curves(rng.normal(size=truth.size) + i * truth, truth) for i in range(12)}
+    few = curves_figure(dict(list(curves.items())[:3]), tmp_path / "few.png", {"case 1": 0.5, "case 2": None})
+    many = curves_figure(curves, tmp_path / "many.png")  # beyond the legend's size: drawn unlabelled
+    assert few.read_bytes()[:4] == many.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="at least one curve"):
+        curves_figure({}, tmp_path / "none.png")
 
 
 def test_pair_cases_errors(tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ runs on their own scan, ``detect`` with a bundled model, for every bundled model
 scores (the input is registered to the template once and the registration reused), then scores
 the maps against the truth. Outputs per model and score: ``<stem>_anomaly.nii.gz``,
 ``<stem>_mask.nii.gz`` and ``<stem>_report.json`` (as ``anomaly-detection detect`` writes them),
-a metrics JSON and an overview PNG.
+a metrics JSON and an overview PNG; and one ``curves.png`` with the ROC, precision-recall and
+Dice-against-threshold curves of every model and score, their calibrated thresholds marked.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import List, Optional
 from AnomalyDetectionLib import detect, evaluate, load_model, write_detection
 from AnomalyDetectionLib.cli import TqdmProgress
 from AnomalyDetectionLib.evaluation import write_report
-from AnomalyDetectionLib.evaluation.figures import overview_figure
+from AnomalyDetectionLib.evaluation.figures import curves_figure, overview_figure
 from AnomalyDetectionLib.models import bundled_model_paths
 from AnomalyDetectionLib.preprocessing import read_volume
 from AnomalyDetectionLib.scoring import scores_for
@@ -45,6 +46,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     print(f"input {args.input.name}: {scan.GetSize()} voxels of {tuple(round(s, 2) for s in scan.GetSpacing())} mm")
 
     rows = []
+    curves: dict = {}  # "model score" -> ROC / PR / Dice curves, drawn together at the end
+    thresholds: dict = {}
     registration = None  # every bundled model shares one template: register once
     for name in names:
         model = load_model(name)
@@ -61,9 +64,13 @@ def main(argv: Optional[List[str]] = None) -> None:
             overview_figure(scan, result.anomaly_map, result.mask, truth, args.output_dir / f"{stem}.png",
                             title=f"{args.input.name}: {model.name}, {score}")
             metrics = evaluate([result.anomaly_map], [truth], [result.foreground],
-                               thresholds=[result.report["threshold"]], names=[stem])
+                               thresholds=[result.report["threshold"]], names=[stem], curves=True)
+            curves[f"{model.name} {score}"] = metrics.pop("curves")[stem]
+            thresholds[f"{model.name} {score}"] = result.report["threshold"]
             write_report(metrics, args.output_dir / "metrics" / f"{stem}.json")
             rows.append((model.name, score, metrics["cases"][0], result.report))
+    curves_png = curves_figure(curves, args.output_dir / "curves.png", thresholds,
+                               title=f"{args.input.name}: every bundled model and score")
 
     print()
     print("| model | score | voxel AUROC | AUPRC | Dice at calibrated threshold | best Dice | seconds |")
@@ -75,7 +82,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     if first.get("registration"):
         print(f"\nregistration to {first['template']['name']}: metric {first['registration']['metric']:.3f}, "
               f"brain overlap {first['registration']['brain_overlap']:.2f}, warnings: {first['warnings'] or 'none'}")
-    print(f"outputs in {args.output_dir}/ (overview PNGs: {args.output_dir}/<input>_<model>_<score>.png); "
+    print(f"outputs in {args.output_dir}/ (overview PNGs: {args.output_dir}/<input>_<model>_<score>.png, "
+          f"curves: {curves_png}); "
           f"total {time.perf_counter() - started:.0f} s")
 
 

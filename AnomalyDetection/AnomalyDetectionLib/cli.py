@@ -156,12 +156,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         report = evaluate([c[1] for c in cases], [c[2] for c in cases],
                           [c[3] for c in cases] if args.mask else None,
-                          thresholds=[c[4] for c in cases], names=[c[0] for c in cases], progress=bar)
+                          thresholds=[c[4] for c in cases], names=[c[0] for c in cases], progress=bar,
+                          curves=True)
     finally:
         bar.close()
-    write_report(report, args.output)
+    paths = write_report(report, args.output)
     summary = report["summary"]
-    print(f"{len(cases)} case(s); report written to {args.output} and {Path(args.output).with_suffix('.csv')}")
+    print(f"{len(cases)} case(s); wrote " + ", ".join(str(path) for path in paths.values()))
     for key, value in summary.items():
         if isinstance(value, float):
             print(f"  {key}: {value:.4f}")
@@ -359,7 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--maps", required=True, help="folder of <case>_anomaly.nii.gz written by detect")
     ev.add_argument("--truth", required=True, help="folder of reference masks named <case>[_suffix].<ext>")
     ev.add_argument("--mask", help="folder of evaluation masks (e.g. brain masks), same naming")
-    ev.add_argument("--output", default="report.json", help="JSON report; a CSV is written beside it")
+    ev.add_argument("--output", default="report.json",
+                    help="JSON report; beside it a CSV of the cases, and the lesion cases' "
+                    "ROC / precision-recall / Dice-vs-threshold curves as CSV and PNG")
     ev.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     ev.set_defaults(func=cmd_evaluate)
 

@@ -1,9 +1,18 @@
 """Evaluation of anomaly maps against ground truth: voxel/sample metrics and JSON/CSV reports."""
 
-from .metrics import best_dice, dice, dice_curve, sample_auroc, sample_score, voxel_auprc, voxel_auroc
+from .metrics import (
+    best_dice,
+    dice,
+    dice_curve,
+    sample_auroc,
+    sample_score,
+    threshold_curves,
+    voxel_auprc,
+    voxel_auroc,
+)
 from .report import evaluate, evaluate_case, pair_cases, summarise, write_report
 
 __all__ = [
     "best_dice", "dice", "dice_curve", "evaluate", "evaluate_case", "pair_cases", "sample_auroc",
-    "sample_score", "summarise", "voxel_auprc", "voxel_auroc", "write_report",
+    "sample_score", "summarise", "threshold_curves", "voxel_auprc", "voxel_auroc", "write_report",
 ]

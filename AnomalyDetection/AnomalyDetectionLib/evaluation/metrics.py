@@ -12,14 +12,19 @@ predicted anomalous when ``score >= threshold``. Scores must be finite.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 __all__ = [
-    "best_dice", "dice", "dice_curve", "sample_auroc", "sample_score", "voxel_auprc", "voxel_auroc",
+    "best_dice", "dice", "dice_curve", "sample_auroc", "sample_score", "threshold_curves", "voxel_auprc",
+    "voxel_auroc",
 ]
+
+#: Points of :func:`threshold_curves`: half spread over the lesion voxels' scores, half over the
+#: normal voxels' upper tail (false-positive rates from 1e-6 to 1, log-spaced), where precision changes.
+CURVE_POINTS = 200
 
 
 def _select(values: np.ndarray, mask: Optional[np.ndarray], what: str) -> np.ndarray:
@@ -161,3 +166,48 @@ def sample_auroc(sample_scores: Sequence[float], labels: Sequence[float]) -> flo
     if y.all() or not y.any():
         return math.nan
     return float(roc_auc_score(y, s))
+
+
+def threshold_curves(
+    scores: np.ndarray,
+    truth: np.ndarray,
+    mask: Optional[np.ndarray] = None,
+    points: int = CURVE_POINTS,
+) -> Optional[Dict[str, np.ndarray]]:
+    """ROC, precision-recall and Dice-vs-threshold curves of one case, at about ``points`` thresholds.
+
+    A volume has millions of distinct scores; a plot needs a few hundred points, placed where the
+    curves bend: quantiles of the lesion voxels' scores (even steps of recall) and of the normal
+    voxels' upper tail (log steps of false-positive rate). One sort serves every threshold. Returns
+    ``threshold``, ``fpr``, ``tpr`` (= recall), ``precision`` (1 where nothing is predicted) and
+    ``dice``, ordered by decreasing threshold (the curves start at the origin), or ``None`` when
+    the truth has a single class inside the mask (a normal case has no such curves).
+    """
+    s, t = _pair(scores, truth, mask)
+    n_pos = int(np.count_nonzero(t))
+    n_neg = s.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    half = max(2, points // 2)
+    candidates = np.concatenate([
+        np.quantile(s[t], np.linspace(0.0, 1.0, half)),
+        np.quantile(s[~t], 1.0 - np.logspace(-6, 0, half)),
+        [np.max(s)],
+    ]).astype(s.dtype if np.issubdtype(s.dtype, np.floating) else np.float64)
+    thresholds = np.unique(candidates)[::-1]
+    sorted_scores, below = _sorted_counts(s, t)
+    first_kept = np.searchsorted(sorted_scores, thresholds, side="left")
+    predicted = s.size - first_kept
+    true_pos = n_pos - below[first_kept]
+    false_pos = predicted - true_pos
+    # Start at "nothing predicted" so every curve begins at the origin (recall 0, precision 1).
+    above = np.nextafter(thresholds[0], np.inf) if np.issubdtype(thresholds.dtype, np.floating) else thresholds[0] + 1
+    thresholds = np.r_[above, thresholds].astype(np.float64)
+    predicted, true_pos, false_pos = np.r_[0, predicted], np.r_[0, true_pos], np.r_[0, false_pos]
+    return {
+        "threshold": thresholds,
+        "fpr": false_pos / n_neg,
+        "tpr": true_pos / n_pos,
+        "precision": np.where(predicted > 0, true_pos / np.maximum(predicted, 1), 1.0),
+        "dice": 2.0 * true_pos / (predicted + n_pos),
+    }

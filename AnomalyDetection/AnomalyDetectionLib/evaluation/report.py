@@ -100,8 +100,10 @@ def _evaluate_case(
     name: str,
     truth_label: str,
     mask_label: str,
+    with_curves: bool = False,
 ) -> Dict[str, Any]:
-    """:func:`evaluate_case` with the names its errors give the truth and the mask."""
+    """:func:`evaluate_case` with the names its errors give the truth and the mask; ``with_curves``
+    adds ``"curves"`` (:func:`.metrics.threshold_curves`, computed here where the voxels are selected)."""
     prefix = f"{name}: " if name else ""
     _check_grid(anomaly_map, truth, prefix + truth_label)
     if mask is not None:
@@ -137,6 +139,8 @@ def _evaluate_case(
         result["dice"] = metrics.dice(detected, t)
         result["detected_volume_ml"] = n_detected * voxel_ml
         result["detected_fraction"] = n_detected / s.size if s.size else math.nan
+    if with_curves:
+        result["curves"] = metrics.threshold_curves(s, t)
     return result
 
 
@@ -177,10 +181,14 @@ def evaluate(
     names: Optional[Sequence[str]] = None,
     progress: Optional[Callable[[float, str], None]] = None,
     cancel: Optional[Callable[[], bool]] = None,
+    curves: bool = False,
 ) -> Dict[str, Any]:
     """Evaluate a data set: ``{"cases": [one dict per case], "summary": {...}}`` (see :func:`summarise`).
 
     Inputs are images or paths, read one case at a time so a large data set never sits in memory.
+    ``curves`` adds ``"curves"``: ``{case: ROC / precision-recall / Dice-vs-threshold points}`` for
+    every lesion case (:func:`.metrics.threshold_curves`), which :func:`write_report` writes as a
+    CSV and a PNG.
     """
     n = len(maps)
     for what, values in (("truths", truths), ("masks", masks), ("thresholds", thresholds), ("names", names)):
@@ -204,10 +212,15 @@ def evaluate(
                 anomaly_map, truth, mask, threshold, name,
                 _describe(truths[i], "truth", name),
                 "mask" if mask_item is None else _describe(mask_item, "mask", name),
+                with_curves=curves,
             )
         )
     steps.report(1.0, f"Evaluated {n} case{'s' if n != 1 else ''}")
-    return {"cases": cases, "summary": summarise(cases)}
+    report: Dict[str, Any] = {"cases": cases, "summary": summarise(cases)}
+    if curves:
+        found = {case["case"]: case.pop("curves") for case in cases}
+        report["curves"] = {name: curve for name, curve in found.items() if curve is not None}
+    return report
 
 
 def _default_name(item: ImageOrPath, index: int) -> str:
@@ -334,17 +347,39 @@ def plain_json(value: Any) -> Any:
     return value
 
 
-def write_report(report: Dict[str, Any], json_path: Union[str, Path]) -> Tuple[Path, Path]:
-    """Write ``report`` as JSON (NaN as null) and its cases as CSV beside it (same stem); both atomic.
+def write_report(report: Dict[str, Any], json_path: Union[str, Path]) -> Dict[str, Path]:
+    """Write ``report`` as JSON (NaN as null) and its cases as CSV beside it (same stem); all atomic.
 
-    Returns the paths of the JSON and the CSV file.
+    A report with ``"curves"`` (``evaluate(..., curves=True)``) also gets ``<stem>_curves.csv`` (one
+    row per case and threshold) and ``<stem>_curves.png`` (ROC, precision-recall and Dice against
+    threshold, the calibrated threshold marked); the JSON keeps only cases and summary. Returns the
+    paths written: ``json``, ``csv`` and, with curves, ``curves_csv`` and ``curves_png``.
     """
     json_path = Path(json_path)
-    plain = plain_json(report)
+    curves = report.get("curves")
+    plain = plain_json({key: value for key, value in report.items() if key != "curves"})
     write_text_atomic(json.dumps(plain, indent=2, allow_nan=False) + "\n", json_path)
-    csv_path = json_path.with_name(_strip_json(json_path.name) + ".csv")
-    write_text_atomic(csv_text(plain.get("cases", [])), csv_path)
-    return json_path, csv_path
+    stem = _strip_json(json_path.name)
+    paths = {"json": json_path, "csv": json_path.with_name(stem + ".csv")}
+    write_text_atomic(csv_text(plain.get("cases", [])), paths["csv"])
+    if curves:
+        from .figures import curves_figure
+
+        paths["curves_csv"] = json_path.with_name(stem + "_curves.csv")
+        write_text_atomic(csv_text(_curve_rows(curves)), paths["curves_csv"])
+        thresholds = {case["case"]: case.get("threshold") for case in report.get("cases", [])}
+        paths["curves_png"] = curves_figure(curves, json_path.with_name(stem + "_curves.png"), thresholds)
+    return paths
+
+
+def _curve_rows(curves: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Long format for a spreadsheet: one row per case and threshold."""
+    rows: List[Dict[str, Any]] = []
+    for case, curve in curves.items():
+        columns = list(curve)
+        for values in zip(*(np.asarray(curve[key], dtype=np.float64) for key in columns)):
+            rows.append({"case": case, **{key: float(value) for key, value in zip(columns, values)}})
+    return rows
 
 
 def csv_text(rows: Sequence[Dict[str, Any]]) -> str:
