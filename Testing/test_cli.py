@@ -42,9 +42,12 @@ def test_detect_then_evaluate(tiny_vae, case_dir, tmp_path, capsys) -> None:
     for stem in ("lesion", "normal"):
         anomaly = sitk.ReadImage(str(out / f"{stem}_anomaly.nii.gz"))
         mask = sitk.ReadImage(str(out / f"{stem}_mask.nii.gz"))
+        foreground = sitk.ReadImage(str(out / f"{stem}_foreground.nii.gz"))
         source = sitk.ReadImage(str(next((case_dir / "images").glob(f"{stem}.*"))))
         assert anomaly.GetPixelID() == sitk.sitkFloat32 and mask.GetPixelID() == sitk.sitkUInt8
-        assert anomaly.GetSize() == source.GetSize()
+        assert anomaly.GetSize() == source.GetSize() == foreground.GetSize()
+        inside = sitk.GetArrayViewFromImage(foreground) > 0
+        assert inside.any() and not sitk.GetArrayViewFromImage(anomaly)[~inside].any()  # map is 0 outside
         np.testing.assert_allclose(anomaly.GetOrigin(), source.GetOrigin(), atol=1e-4)
         report = json.loads((out / f"{stem}_report.json").read_text())
         assert report["score"] == "combi" and report["threshold_source"] == "calibrated"
@@ -66,6 +69,11 @@ def test_detect_then_evaluate(tiny_vae, case_dir, tmp_path, capsys) -> None:
     assert summary["false_positive_rate"] == pytest.approx(cases["normal"]["detected_fraction"])
     with open(report_path.with_suffix(".csv")) as handle:
         assert len(list(csv.DictReader(handle))) == 2
+    in_foreground = tmp_path / "eval" / "in_foreground.json"  # --mask = the maps folder: detect's foregrounds
+    assert main(["evaluate", "--maps", str(out), "--truth", str(case_dir / "truth"), "--mask", str(out),
+                 "--output", str(in_foreground), "-q"]) == 0
+    inside = {c["case"]: c for c in json.loads(in_foreground.read_text())["cases"]}
+    assert 0.5 < inside["lesion"]["voxel_auroc"] <= cases["lesion"]["voxel_auroc"]  # no free background
     with open(report_path.with_name("report_curves.csv")) as handle:  # curves of the lesion case only
         assert {row["case"] for row in csv.DictReader(handle)} == {"lesion"}
     assert report_path.with_name("report_curves.png").stat().st_size > 0
@@ -80,8 +88,8 @@ def test_detect_goes_on_past_a_bad_input(tiny_vae, case_dir, tmp_path, capsys) -
     err = capsys.readouterr().err
     assert "broken.nii.gz: cannot be read as an image" in err
     assert "missing.nii.gz: no such file" in err and "2 of 3 input(s) failed" in err
-    assert sorted(p.name for p in out.iterdir()) == ["normal_anomaly.nii.gz", "normal_mask.nii.gz",
-                                                     "normal_report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["normal_anomaly.nii.gz", "normal_foreground.nii.gz",
+                                                     "normal_mask.nii.gz", "normal_report.json"]
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -249,7 +249,9 @@ def _write_case(folder: Path, truth_dir: Path, stem: str, lesion: bool, seed: in
                 threshold: Optional[float], truth_name: str) -> None:
     anomaly_map, truth = _case(lesion, seed)
     sitk.WriteImage(anomaly_map, str(folder / f"{stem}_anomaly.nii.gz"))
-    sitk.WriteImage(_image(np.ones((SIZE,) * 3, dtype=np.uint8)), str(folder / f"{stem}_mask.nii.gz"))
+    sitk.WriteImage(_image(np.ones((SIZE,) * 3, dtype=np.uint8)), str(folder / f"{stem}_foreground.nii.gz"))
+    # detect's thresholded anomaly mask sits there too; it must never be taken as the evaluation mask
+    sitk.WriteImage(_image(np.zeros((SIZE,) * 3, dtype=np.uint8)), str(folder / f"{stem}_mask.nii.gz"))
     if threshold is not None:
         (folder / f"{stem}_report.json").write_text(json.dumps({"threshold": threshold}))
     sitk.WriteImage(truth, str(truth_dir / truth_name))
@@ -261,13 +263,13 @@ def test_pair_cases_evaluate_and_write_report(tmp_path: Path) -> None:
     truths.mkdir()
     _write_case(maps, truths, "a", True, 9, 0.75, "a_seg.nii.gz")
     _write_case(maps, truths, "a_1", False, 10, None, "a_1_truth.nrrd")  # must not be claimed by "a"
-    _write_case(maps, truths, "b", False, 11, 0.45, "b.nii.gz")
+    _write_case(maps, truths, "b", False, 11, 0.45, "b_mask.nii.gz")  # a truth may be called <case>_mask
 
-    pairs = pair_cases(maps, truths, mask_dir=maps)  # detect's masks sit beside the maps
+    pairs = pair_cases(maps, truths, mask_dir=maps)  # detect's foreground masks sit beside the maps
     assert [(p[0], p[2].name, p[3].name, p[4]) for p in pairs] == [
-        ("a", "a_seg.nii.gz", "a_mask.nii.gz", 0.75),
-        ("a_1", "a_1_truth.nrrd", "a_1_mask.nii.gz", None),
-        ("b", "b.nii.gz", "b_mask.nii.gz", 0.45),
+        ("a", "a_seg.nii.gz", "a_foreground.nii.gz", 0.75),
+        ("a_1", "a_1_truth.nrrd", "a_1_foreground.nii.gz", None),
+        ("b", "b_mask.nii.gz", "b_foreground.nii.gz", 0.45),
     ]
     assert pair_cases(maps, truths)[0][3] is None
 

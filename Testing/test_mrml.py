@@ -330,7 +330,7 @@ def test_process_folder_writes_maps_and_csv(tmp_path, model_path):
     assert "cannot be read" in rows["broken"]["error"] and not rows["broken"]["threshold"]
     for case in ("case_a", "case_b"):
         assert not rows[case]["error"]
-        for suffix in ("_anomaly.nii.gz", "_mask.nii.gz", "_report.json"):
+        for suffix in ("_anomaly.nii.gz", "_mask.nii.gz", "_foreground.nii.gz", "_report.json"):
             assert (out / f"{case}{suffix}").is_file()
         assert float(rows[case]["anomalous_volume_ml"]) >= 0.0 and rows[case]["model"] == "tiny"
     assert 0.0 <= float(rows["case_a"]["dice"]) <= 1.0 and float(rows["case_a"]["voxel_auroc"]) > 0.0

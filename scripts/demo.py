@@ -6,7 +6,8 @@ size, with a tumour-like lesion whose ground truth ships beside it. This runs ex
 runs on their own scan, ``detect`` with a bundled model, for every bundled model and each of its
 scores (the input is registered to the template once and the registration reused), then scores
 the maps against the truth. Outputs per model and score: ``<stem>_anomaly.nii.gz``,
-``<stem>_mask.nii.gz`` and ``<stem>_report.json`` (as ``anomaly-detection detect`` writes them),
+``<stem>_mask.nii.gz``, ``<stem>_foreground.nii.gz`` and ``<stem>_report.json`` (as ``anomaly-detection
+detect`` writes them),
 a metrics JSON and an overview PNG; and one ``curves.png`` with the ROC, precision-recall and
 Dice-against-threshold curves of every model and score, their calibrated thresholds marked.
 """

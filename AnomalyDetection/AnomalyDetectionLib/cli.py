@@ -359,7 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="voxel AUROC/AUPRC, Dice and sample-level AUROC against references")
     ev.add_argument("--maps", required=True, help="folder of <case>_anomaly.nii.gz written by detect")
     ev.add_argument("--truth", required=True, help="folder of reference masks named <case>[_suffix].<ext>")
-    ev.add_argument("--mask", help="folder of evaluation masks (e.g. brain masks), same naming")
+    ev.add_argument("--mask", help="folder of evaluation masks (e.g. brain masks), same naming; the maps "
+                    "folder itself takes the <case>_foreground masks detect wrote")
     ev.add_argument("--output", default="report.json",
                     help="JSON report; beside it a CSV of the cases, and the lesion cases' "
                     "ROC / precision-recall / Dice-vs-threshold curves as CSV and PNG")

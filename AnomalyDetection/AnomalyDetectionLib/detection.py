@@ -33,6 +33,7 @@ from .preprocessing import (
     write_image_atomic,
     write_text_atomic,
 )
+from .preprocessing.io import detection_paths
 from .preprocessing.registration import RegistrationResult
 from .progress import CancelCheck, Progress, ProgressCallback
 from .scoring import check_score, score_slices
@@ -220,24 +221,27 @@ def reconstruct(
 
 
 def write_detection(output_dir: Union[str, os.PathLike[str]], stem: str, result: DetectionResult) -> List[Path]:
-    """Write ``<stem>_anomaly.nii.gz`` (float32 map), ``<stem>_mask.nii.gz`` (uint8) and
-    ``<stem>_report.json`` into ``output_dir``; all three or none (what was written is removed
-    if a later write fails). Returns the three paths."""
-    output_dir = Path(output_dir)
-    targets = [output_dir / f"{stem}_anomaly.nii.gz", output_dir / f"{stem}_mask.nii.gz",
-               output_dir / f"{stem}_report.json"]
+    """Write ``<stem>_anomaly.nii.gz`` (float32 map), ``<stem>_mask.nii.gz`` (uint8 anomaly mask),
+    ``<stem>_foreground.nii.gz`` (uint8, the region scored) and ``<stem>_report.json`` into
+    ``output_dir``; all or none (what was written is removed if a later write fails).
+
+    The foreground goes with the map because metrics belong inside it: outside, the map is 0 by
+    construction, and counting that background inflates AUROC (``evaluate --mask`` takes it).
+    Returns the paths written.
+    """
+    targets = detection_paths(output_dir, stem)
     written: List[Path] = []
     try:
-        write_image_atomic(result.anomaly_map, targets[0])
-        written.append(targets[0])
-        write_image_atomic(result.mask, targets[1])
-        written.append(targets[1])
-        write_text_atomic(json.dumps(result.report, indent=2) + "\n", targets[2])
+        for key, image in (("map", result.anomaly_map), ("mask", result.mask), ("foreground", result.foreground)):
+            write_image_atomic(image, targets[key])
+            written.append(targets[key])
+        write_text_atomic(json.dumps(result.report, indent=2) + "\n", targets["report"])
+        written.append(targets["report"])
     except (OSError, RuntimeError) as exc:
         for path in written:
             path.unlink()
         raise InputError(f"{output_dir}: cannot write outputs of {stem} ({exc})") from None
-    return targets
+    return written
 
 
 def _choose_threshold(

@@ -209,8 +209,8 @@ def process_folder(
 ) -> Path:
     """Detect anomalies in every volume of ``input_dir``; write maps, masks, reports and a CSV.
 
-    Per input ``<stem>``: ``output_dir/<stem>_anomaly.nii.gz``, ``_mask.nii.gz`` and
-    ``_report.json`` (as ``anomaly-detection detect`` writes them). The CSV
+    Per input ``<stem>``: ``output_dir/<stem>_anomaly.nii.gz``, ``_mask.nii.gz``, ``_foreground.nii.gz``
+    and ``_report.json`` (as ``anomaly-detection detect`` writes them). The CSV
     (:data:`RESULTS_CSV`) has one row per input: model, score, threshold, sample score, anomalous
     volume and, when ``truth_dir`` holds ``<stem>`` or ``<stem>_*``, voxel AUROC, AUPRC, Dice and
     best Dice inside the engine's foreground mask. A bad input is recorded in the ``error`` column

@@ -18,7 +18,15 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..preprocessing.io import IMAGE_EXTENSIONS, case_stem, read_volume, validate_volume, write_text_atomic
+from ..preprocessing.io import (
+    IMAGE_EXTENSIONS,
+    MAP_SUFFIX,
+    MASK_SUFFIX,
+    case_stem,
+    read_volume,
+    validate_volume,
+    write_text_atomic,
+)
 from ..progress import Progress
 from . import metrics
 
@@ -32,7 +40,6 @@ GRID_TOLERANCE = 1e-4
 SUMMARY_METRICS = (
     "voxel_auroc", "voxel_auprc", "dice", "best_dice", "lesion_volume_ml", "detected_volume_ml",
 )
-MAP_SUFFIX = "_anomaly"
 
 
 # ----------------------------------------------------------------------------------------- reading
@@ -244,17 +251,20 @@ def _image_files(folder: Path) -> List[Path]:
     )
 
 
-def _match(stems: Sequence[str], folder: Path, kind: str, required: bool) -> Dict[str, Optional[Path]]:
+def _match(stems: Sequence[str], folder: Path, kind: str, required: bool,
+           skip_suffixes: Sequence[str] = (MAP_SUFFIX,)) -> Dict[str, Optional[Path]]:
     """For each case stem, the file of ``folder`` named ``<stem>`` or ``<stem>_*``.
 
     A file goes to the *longest* stem it matches, so case ``a`` does not claim ``a_1_seg`` when a
-    case ``a_1`` exists; anomaly maps are never candidates, so ``--mask`` may name the maps folder
-    (where ``detect`` writes ``<stem>_mask``).
+    case ``a_1`` exists. Files whose stem ends with one of ``skip_suffixes`` are never candidates:
+    anomaly maps always, and in ``detect``'s own output folder also its thresholded masks, so that
+    ``--mask`` naming the maps folder takes the ``<stem>_foreground`` written there, not the
+    anomaly mask (scoring inside the detection would make AUROC meaningless).
     """
     claimed: Dict[str, List[Path]] = {stem: [] for stem in stems}
     for path in _image_files(folder):
         name = case_stem(path)
-        if name.endswith(MAP_SUFFIX):
+        if name.endswith(tuple(skip_suffixes)):
             continue
         matching = [s for s in stems if name == s or name.startswith(s + "_")]
         if matching:
@@ -307,7 +317,8 @@ def pair_cases(
 
     Returns ``(stem, map, truth, mask or None, threshold or None)`` per case, sorted by stem; the
     threshold comes from ``<stem>_report.json`` beside the map. A map without a truth file (or
-    without a mask when ``mask_dir`` is given) raises :class:`InputError` naming it.
+    without a mask when ``mask_dir`` is given) raises :class:`InputError` naming it. ``mask_dir``
+    may be ``maps_dir``: the mask is then the ``<stem>_foreground`` that ``detect`` wrote.
     """
     maps_dir, truth_dir = Path(maps_dir), Path(truth_dir)
     maps: Dict[str, Path] = {}
@@ -318,8 +329,15 @@ def pair_cases(
     if not maps:
         raise InputError(f"{maps_dir}: no anomaly maps (<case>{MAP_SUFFIX}.nii.gz files written by detect)")
     stems = sorted(maps)
-    truth = _match(stems, truth_dir, "truth", required=True)
-    mask = _match(stems, Path(mask_dir), "mask", required=True) if mask_dir is not None else {}
+    detect_outputs = (MAP_SUFFIX, MASK_SUFFIX)  # in the maps folder, detect's anomaly masks are not inputs
+
+    def skipped(folder: Path) -> Sequence[str]:
+        return detect_outputs if folder.resolve() == maps_dir.resolve() else (MAP_SUFFIX,)
+
+    truth = _match(stems, truth_dir, "truth", required=True, skip_suffixes=skipped(truth_dir))
+    mask: Dict[str, Optional[Path]] = {}
+    if mask_dir is not None:
+        mask = _match(stems, Path(mask_dir), "mask", required=True, skip_suffixes=skipped(Path(mask_dir)))
     pairs: List[Tuple[str, Path, Path, Optional[Path], Optional[float]]] = []
     for stem in stems:
         threshold = _read_threshold(maps_dir / f"{stem}_report.json")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import glob
 import os
 from pathlib import Path
-from typing import List, Sequence, Union
+from typing import Dict, List, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -21,6 +21,20 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 #: Extensions (lower case) recognised as image files when scanning folders.
 IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+
+#: What ``detect`` writes per input ``<stem>``: the anomaly map, the thresholded anomaly mask, the
+#: foreground it scored (the brain for the template models; the region where the map is defined and
+#: where metrics belong), and the JSON report. ``evaluate`` finds its inputs by the same names.
+DETECTION_OUTPUTS: Dict[str, str] = {
+    "map": "_anomaly.nii.gz", "mask": "_mask.nii.gz", "foreground": "_foreground.nii.gz", "report": "_report.json",
+}
+MAP_SUFFIX = "_anomaly"
+MASK_SUFFIX = "_mask"
+
+
+def detection_paths(output_dir: PathLike, stem: str) -> Dict[str, Path]:
+    """The files ``detect`` writes for input ``stem`` (keys of :data:`DETECTION_OUTPUTS`)."""
+    return {key: Path(output_dir) / f"{stem}{suffix}" for key, suffix in DETECTION_OUTPUTS.items()}
 
 
 def case_stem(path: PathLike) -> str:
