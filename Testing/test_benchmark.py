@@ -114,7 +114,7 @@ def test_write_benchmark_files(report, tmp_path) -> None:
     from matplotlib import image as mpimg
 
     paths = write_benchmark(report, tmp_path / "out")
-    assert set(paths) == {"json", "csv", "cases_csv", "by_type_csv", "markdown", "figure"}
+    assert set(paths) == {"json", "csv", "cases_csv", "by_type_csv", "markdown", "figure", "curves"}
     saved = json.loads(paths["json"].read_text())
     assert "figure" not in saved and [e["kind"] for e in saved["figure_cases"]] == ["hyper_blob", "hypo_blob"]
     assert saved["machine"]["torch"] and saved["machine"]["device"] == "cpu" and saved["machine"]["date"]
@@ -126,6 +126,10 @@ def test_write_benchmark_files(report, tmp_path) -> None:
     picture = mpimg.imread(str(paths["figure"]))
     assert picture.ndim == 3 and picture.shape[0] > 0.45 * picture.shape[1]  # two rows of four panels
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+    curves = mpimg.imread(str(paths["curves"]))
+    assert curves.ndim == 3 and curves.shape[1] > 2.5 * curves.shape[0]  # ROC, PR and Dice side by side
+    assert set(saved["curves"]) == {f"{row['model']} {row['score']}" for row in report["summary"]}
+
 
 
 def test_uncalibrated_threshold_is_flagged(tiny_ae, cases) -> None:

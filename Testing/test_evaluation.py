@@ -19,6 +19,7 @@ from AnomalyDetectionLib.evaluation import (
     dice_curve,
     evaluate,
     evaluate_case,
+    mean_curves,
     pair_cases,
     sample_auroc,
     sample_score,
@@ -322,6 +323,22 @@ def test_threshold_curves_agree_with_the_exact_metrics() -> None:
     ap = np.sum(np.diff(curves["tpr"]) * curves["precision"][1:])
     assert ap == pytest.approx(voxel_auprc(scores, truth, mask), abs=0.02)
     assert threshold_curves(scores, np.zeros_like(truth)) is None  # a normal case has no curves
+
+
+def test_mean_curves_average_cases_on_common_axes() -> None:
+    rng = np.random.default_rng(5)
+    truth = rng.random(4000) < 0.1
+    perfect = threshold_curves(truth + 0.1 * rng.random(truth.size), truth)  # AUROC 1
+    chance = threshold_curves(rng.random(truth.size), truth)  # AUROC 0.5
+    mean = mean_curves([perfect, chance])
+    assert mean["fpr"][0] == mean["tpr"][0] == 0.0 and mean["tpr"][-1] == 1.0
+    auc = np.sum(np.diff(mean["fpr"]) * (mean["tpr"][1:] + mean["tpr"][:-1]) / 2)
+    assert auc == pytest.approx(0.75, abs=0.03)  # the mean of the two areas
+    assert mean["precision"][100] == pytest.approx((1.0 + 0.1) / 2, abs=0.06)  # recall 0.5: perfect 1, chance ~0.1
+    assert np.all(np.diff(mean["threshold"]) <= 0) and mean["dice"].max() <= 1.0
+    assert mean_curves([perfect])["dice"].max() == pytest.approx(perfect["dice"].max(), abs=0.05)
+    with pytest.raises(ValueError, match="at least one curve"):
+        mean_curves([])
 
 
 def test_curves_figure_marks_thresholds_and_handles_many_cases(tmp_path: Path) -> None:

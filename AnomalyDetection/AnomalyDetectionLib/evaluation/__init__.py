@@ -4,6 +4,7 @@ from .metrics import (
     best_dice,
     dice,
     dice_curve,
+    mean_curves,
     sample_auroc,
     sample_score,
     threshold_curves,
@@ -13,6 +14,6 @@ from .metrics import (
 from .report import evaluate, evaluate_case, pair_cases, summarise, write_report
 
 __all__ = [
-    "best_dice", "dice", "dice_curve", "evaluate", "evaluate_case", "pair_cases", "sample_auroc",
+    "best_dice", "dice", "dice_curve", "evaluate", "evaluate_case", "mean_curves", "pair_cases", "sample_auroc",
     "sample_score", "summarise", "threshold_curves", "voxel_auprc", "voxel_auroc", "write_report",
 ]

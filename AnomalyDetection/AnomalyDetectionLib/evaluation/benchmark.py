@@ -39,7 +39,7 @@ from ..progress import CancelCheck, Progress, ProgressCallback
 from ..scoring import SCORES, check_score, scores_for
 from ..version import __version__
 from . import metrics
-from .figures import axial_slices, cases_figure
+from .figures import axial_slices, cases_figure, curves_figure
 from .report import _mean_median, csv_text, evaluate_case, plain_json
 
 if TYPE_CHECKING:  # the data package (generators, templates) is only needed by whoever makes the cases
@@ -115,6 +115,7 @@ def run_benchmark(
     rows: List[Dict[str, Any]] = []
     registrations: List[Dict[str, Any]] = []
     figure: List[Dict[str, Any]] = []
+    curves: Dict[str, List[Dict[str, np.ndarray]]] = {}  # "model score" -> per-lesion-case curves
     count = 0
     for index, case in enumerate(cases):
         steps.check_cancel()
@@ -123,7 +124,10 @@ def run_benchmark(
         part.report(0.0, "preparing")
         shown = {entry["kind"] for entry in figure}
         want_figure = case.kind != NORMAL and case.kind not in shown and len(figure) < FIGURE_CASES
-        case_rows, case_registrations, views = _run_case(case, plan, batch_size, part, focus if want_figure else None)
+        case_rows, case_registrations, views, case_curves = _run_case(case, plan, batch_size, part,
+                                                                      focus if want_figure else None)
+        for key, curve in case_curves.items():
+            curves.setdefault(key, []).append(curve)
         rows += case_rows
         registrations += case_registrations
         if views is not None:
@@ -157,6 +161,8 @@ def run_benchmark(
         "targets": check_targets(summary, by_type, focus),
         "cases": rows,
         "registrations": registrations,
+        "curves": {key: {name: values.tolist() for name, values in metrics.mean_curves(found).items()}
+                   for key, found in curves.items()},
         "figure": figure,
     }
     return plain_json(report)
@@ -202,9 +208,11 @@ def _run_case(
     batch_size: int,
     steps: Progress,
     figure_for: Optional[Tuple[str, str]],
-) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]], Optional[Dict[str, Any]]]:
-    """Rows of one case for every model and score, its registrations, and its figure slices if asked."""
+) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]], Optional[Dict[str, Any]], Dict[str, Any]]:
+    """Rows of one case for every model and score, its registrations, its figure slices if asked,
+    and (a lesion case) its ROC / precision-recall / Dice curves by ``"model score"``."""
     rows: List[Dict[str, Any]] = []
+    curves: Dict[str, Any] = {}
     registrations: List[Dict[str, Any]] = []
     registered: Dict[str, Any] = {}  # template entry -> registration of this case to it
     views: Optional[Dict[str, Any]] = None
@@ -245,7 +253,9 @@ def _run_case(
             threshold, source, warnings = _choose_threshold(model, score, "auto", settings, anomaly_map, foreground)
             mask = threshold_map(anomaly_map, threshold, foreground, settings)
             finished = time.perf_counter()
-            row = _case_row(case, anomaly_map, mask, threshold)
+            row, curve = _case_row(case, anomaly_map, mask, threshold)
+            if curve is not None:
+                curves[f"{model.name} {score}"] = curve
             row.update({
                 "model": model.name, "score": score, "threshold_source": source,
                 "calibrated": source == "calibrated",
@@ -260,7 +270,7 @@ def _run_case(
             if figure_for == (model.name, score):
                 views = _figure_views(case, anomaly_map, mask)
         del prepared, foreground
-    return rows, registrations, views
+    return rows, registrations, views, curves
 
 
 #: Column order of the per-case rows (others follow).
@@ -276,14 +286,15 @@ def _ordered(row: Dict[str, Any]) -> Dict[str, Any]:
     return {**{k: row[k] for k in CASE_COLUMNS if k in row}, **row}
 
 
-def _case_row(case: BenchmarkCase, anomaly_map: sitk.Image, mask: sitk.Image, threshold: float) -> Dict[str, Any]:
-    """Metrics of one map and mask inside the case's true brain.
+def _case_row(case: BenchmarkCase, anomaly_map: sitk.Image, mask: sitk.Image, threshold: float
+              ) -> Tuple[Dict[str, Any], Optional[Dict[str, np.ndarray]]]:
+    """Metrics of one map and mask inside the case's true brain, and its curves (None: normal case).
 
     The ranking metrics come from :func:`~.report.evaluate_case` (which also checks the grids);
     Dice and the false-positive rate use the post-processed mask ``detect`` would return, not
     just ``map >= threshold``, because that mask is what a user gets.
     """
-    result = evaluate_case(anomaly_map, case.truth, case.brain, None, case.name)
+    result = evaluate_case(anomaly_map, case.truth, case.brain, None, case.name, curves=True)
     brain = sitk.GetArrayViewFromImage(case.brain) > 0
     truth = sitk.GetArrayViewFromImage(case.truth) > 0
     flagged = sitk.GetArrayViewFromImage(mask) > 0
@@ -311,7 +322,7 @@ def _case_row(case: BenchmarkCase, anomaly_map: sitk.Image, mask: sitk.Image, th
         "skull": getattr(subject, "skull", None),
         "orientation": getattr(subject, "orientation", None),
         "spacing": list(getattr(subject, "spacing", case.image.GetSpacing())),
-    }
+    }, result["curves"]
 
 
 def _figure_views(case: BenchmarkCase, anomaly_map: sitk.Image, mask: sitk.Image) -> Dict[str, Any]:
@@ -512,7 +523,9 @@ def write_benchmark(report: Mapping[str, Any], output_dir: Union[str, os.PathLik
 
     ``benchmark.json`` (everything but the figure's pixels), ``benchmark.csv`` (summary rows),
     ``benchmark_cases.csv`` (case x model x score), ``benchmark_by_type.csv``, ``benchmark.md``
-    (:func:`format_table`) and ``benchmark.png`` (when the report has lesion cases to show).
+    (:func:`format_table`), ``benchmark.png`` (when the report has lesion cases to show) and
+    ``benchmark_curves.png`` (each model and score's ROC, precision-recall and Dice-vs-threshold
+    curves averaged over the lesion cases, the calibrated threshold marked).
     """
     folder = Path(output_dir)
     plain = plain_json(dict(report))
@@ -533,7 +546,25 @@ def write_benchmark(report: Mapping[str, Any], output_dir: Union[str, os.PathLik
                 for e in figure]
         paths["figure"] = cases_figure(rows, folder / "benchmark.png",
                                        title=f"{default.get('model')}, {default.get('score')}")
+    if plain.get("curves"):
+        paths["curves"] = _curves_figure(plain, folder / "benchmark_curves.png")
     return paths
+
+
+def _curves_figure(report: Mapping[str, Any], path: Path) -> Path:
+    """The mean curves, labelled with the summary's exact means (not the averaged curves' areas)."""
+    summary = {f"{row['model']} {row['score']}": row for row in report["summary"]}
+    calibrated = {f"{row['model']} {row['score']}": row["threshold"] for row in report["cases"]
+                  if row.get("calibrated")}
+    curves, thresholds = {}, {}
+    for key, curve in report["curves"].items():
+        row = summary.get(key, {})
+        label = f"{key} (AUROC {_number(row.get('voxel_auroc'))}, AUPRC {_number(row.get('voxel_auprc'))})"
+        curves[label] = curve
+        thresholds[label] = calibrated.get(key)
+    lesion_cases = sum(n for kind, n in report.get("case_counts", {}).items() if kind != NORMAL)
+    return curves_figure(curves, path, thresholds, annotate=False,
+                         title=f"Mean over {lesion_cases} lesion cases (inside the true brain)")
 
 
 def balanced_subset(specs: Sequence[Any], limit: Optional[int]) -> List[Any]:

@@ -156,19 +156,29 @@ def cases_figure(
 MAX_LABELLED_CURVES = 10
 
 
+def _operating_point(levels: np.ndarray, threshold: float) -> int:
+    """Index of the last curve point whose threshold is at or above ``threshold`` (levels decrease)."""
+    return max(int(np.searchsorted(-levels, -threshold, side="right")) - 1, 0)
+
+
 def curves_figure(
     curves: Mapping[str, Mapping[str, Any]],
     path: Union[str, os.PathLike[str]],
     thresholds: Optional[Mapping[str, Optional[float]]] = None,
     title: str = "",
+    annotate: bool = True,
 ) -> Path:
-    """ROC, precision-recall and Dice-against-threshold curves, one line per case, as one PNG.
+    """ROC, precision-recall and Dice-against-threshold curves, one line per label, as one PNG.
 
-    ``curves`` maps a label (case, or model and score) to :func:`.metrics.threshold_curves`.
-    Where ``thresholds`` gives a label's calibrated threshold, its operating point is marked on all
-    three panels, so one sees what the threshold costs: how much of the lesion it keeps and how much
-    it adds. The legend gives each case's AUROC and average precision (trapezoids over the drawn
-    points, within a percent of the exact values in the report).
+    ``curves`` maps a label (a case, or a model and score) to arrays ``fpr``/``tpr`` (ROC),
+    ``precision`` against ``recall`` and ``dice`` against ``threshold`` (decreasing): either
+    :func:`.metrics.threshold_curves` of one case, whose points are thresholds (no ``recall``:
+    it is ``tpr``), or :func:`.metrics.mean_curves` of several, each panel on its own axis. Where
+    ``thresholds`` gives a label's calibrated threshold, its operating point is marked (on all
+    three panels for one case, on the Dice panel for a mean), so one sees what the threshold
+    costs: how much of the lesion it keeps and how much it adds. With ``annotate`` the legend
+    gives each line's AUROC and average precision from the drawn points (within a percent of the
+    exact values).
     """
     if not curves:
         raise ValueError("curves_figure needs at least one curve")
@@ -179,19 +189,26 @@ def curves_figure(
     for i, (label, curve) in enumerate(curves.items()):
         fpr, tpr, precision, dice, level = (np.asarray(curve[key], dtype=np.float64)
                                             for key in ("fpr", "tpr", "precision", "dice", "threshold"))
-        auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
-        ap = float(np.sum(np.diff(tpr) * precision[1:]))
+        recall = np.asarray(curve.get("recall", tpr), dtype=np.float64)
+        roc_label = pr_label = label
+        if annotate:
+            roc_label += f" (AUROC {float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0)):.3f})"
+            pr_label += f" (AP {float(np.sum(np.diff(recall) * precision[1:])):.3f})"
         style = {"color": colours(i % 10), "linewidth": 1.5} if labelled else {"color": "tab:blue", "alpha": 0.4,
                                                                                "linewidth": 0.8}
-        roc_axis.plot(fpr, tpr, label=f"{label} (AUROC {auc:.3f})" if labelled else None, **style)
-        pr_axis.plot(tpr, precision, label=f"{label} (AP {ap:.3f})" if labelled else None, **style)
-        dice_axis.plot(level[1:], dice[1:], **style)
+        roc_axis.plot(fpr, tpr, label=roc_label if labelled else None, **style)
+        pr_axis.plot(recall, precision, label=pr_label if labelled else None, **style)
+        dice_axis.plot(level, dice, **style)
         threshold = (thresholds or {}).get(label)
-        if threshold is not None and math.isfinite(threshold):
-            at = max(int(np.searchsorted(-level, -threshold, side="right")) - 1, 0)  # last point >= threshold
-            for axis, x, y in ((roc_axis, fpr, tpr), (pr_axis, tpr, precision), (dice_axis, level, dice)):
-                axis.plot([x[at]], [y[at]], marker="o", markersize=5, color=style["color"],
-                          markeredgecolor="black", linestyle="none")
+        if threshold is None or not math.isfinite(threshold):
+            continue
+        at = _operating_point(level, threshold)
+        panels = [(dice_axis, level, dice)]
+        if "recall" not in curve:  # one case's points: one index is one threshold on every panel
+            panels += [(roc_axis, fpr, tpr), (pr_axis, recall, precision)]
+        for axis, x, y in panels:
+            axis.plot([x[at]], [y[at]], marker="o", markersize=5, color=style["color"],
+                      markeredgecolor="black", linestyle="none")
     roc_axis.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     roc_axis.set(xlabel="false-positive rate", ylabel="true-positive rate (recall)", title="ROC",
                  xlim=(0, 1), ylim=(0, 1.01))

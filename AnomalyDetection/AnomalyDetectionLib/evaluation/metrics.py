@@ -12,14 +12,14 @@ predicted anomalous when ``score >= threshold``. Scores must be finite.
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 __all__ = [
-    "best_dice", "dice", "dice_curve", "sample_auroc", "sample_score", "threshold_curves", "voxel_auprc",
-    "voxel_auroc",
+    "best_dice", "dice", "dice_curve", "mean_curves", "sample_auroc", "sample_score", "threshold_curves",
+    "voxel_auprc", "voxel_auroc",
 ]
 
 #: Points of :func:`threshold_curves`: half spread over the lesion voxels' scores, half over the
@@ -211,3 +211,29 @@ def threshold_curves(
         "precision": np.where(predicted > 0, true_pos / np.maximum(predicted, 1), 1.0),
         "dice": 2.0 * true_pos / (predicted + n_pos),
     }
+
+
+def mean_curves(curves: Sequence[Mapping[str, np.ndarray]], points: int = 201) -> Dict[str, np.ndarray]:
+    """Curves of several cases (:func:`threshold_curves`) averaged for one picture of a data set.
+
+    Each curve is resampled onto a common axis first, as is usual for mean ROC/PR curves: the
+    true-positive rate at even steps of false-positive rate, the interpolated precision (the best
+    precision at this recall or more) at even steps of recall, and Dice at thresholds spread over
+    the quantiles of all cases' thresholds (a case scores Dice 0 above its own range). Returns
+    ``fpr``, ``tpr``, ``recall``, ``precision``, ``threshold`` (decreasing) and ``dice``.
+    """
+    if not curves:
+        raise ValueError("mean_curves needs at least one curve")
+    grid = np.linspace(0.0, 1.0, points)
+    tpr = np.mean([np.interp(grid, c["fpr"], c["tpr"]) for c in curves], axis=0)
+    precision = []
+    for c in curves:
+        best_after = np.maximum.accumulate(np.asarray(c["precision"])[::-1])[::-1]  # max precision at >= recall
+        at = np.searchsorted(np.asarray(c["tpr"]), grid, side="left")
+        precision.append(np.where(at < best_after.size, best_after[np.minimum(at, best_after.size - 1)], 0.0))
+    levels = np.quantile(np.concatenate([np.asarray(c["threshold"]) for c in curves]), grid)[::-1]
+    dice = np.mean([np.interp(levels[::-1], np.asarray(c["threshold"])[::-1], np.asarray(c["dice"])[::-1],
+                              right=0.0)[::-1] for c in curves], axis=0)
+    tpr[0] = 0.0  # every curve starts at the origin (nothing predicted)
+    return {"fpr": grid, "tpr": tpr, "recall": grid, "precision": np.mean(precision, axis=0),
+            "threshold": levels, "dice": dice}

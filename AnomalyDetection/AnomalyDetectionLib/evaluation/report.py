@@ -89,14 +89,16 @@ def evaluate_case(
     mask: Optional[sitk.Image] = None,
     threshold: Optional[float] = None,
     name: str = "",
+    curves: bool = False,
 ) -> Dict[str, Any]:
     """Metrics of one anomaly map against its truth (``> 0`` = lesion), restricted to ``mask``.
 
     Undefined metrics are NaN (AUROC of a normal case); metrics that need a threshold are None
     without one. ``lesion_voxels`` and ``is_abnormal`` count the whole truth, the others only the
-    voxels inside the mask.
+    voxels inside the mask. ``curves`` adds ``"curves"``: :func:`.metrics.threshold_curves` (None
+    for a normal case).
     """
-    return _evaluate_case(anomaly_map, truth, mask, threshold, name, "truth", "mask")
+    return _evaluate_case(anomaly_map, truth, mask, threshold, name, "truth", "mask", with_curves=curves)
 
 
 def _evaluate_case(
