@@ -10,6 +10,7 @@ without PyTorch.
 
 import hashlib
 import importlib.util
+import inspect
 import json
 import logging
 import math
@@ -23,7 +24,7 @@ import qt
 import slicer
 import vtk
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
-from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, SlicerParameterNamePropertyName, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -174,9 +175,15 @@ def registerSampleData() -> None:
         logging.warning(f"AnomalyDetection: sample scan missing in {SAMPLES_DIR}")
         return
     logic = SampleData.SampleDataLogic
-    if hasattr(logic, "registerCustomSampleDataCategory"):  # Slicer >= 5.9
+    if hasattr(logic, "registerCustomSampleDataCategory"):  # Slicer >= 5.12
         logic.registerCustomSampleDataCategory(SAMPLE_CATEGORY, title=SAMPLE_CATEGORY)
     files = (SAMPLE_SCAN, SAMPLE_TRUTH)
+    # The truth is a plain labelmap; Slicer's segmentation reader imports it as a segmentation.
+    # Slicer 5.8 renamed the keyword loadFileType to loadFileTypes; 5.4 and 5.6 reject the new name
+    # (TypeError), 5.8+ still accept the old one but document it as deprecated: pass the one this Slicer has.
+    fileTypes = ["VolumeFile", "SegmentationFile"]
+    parameters = inspect.signature(logic.registerCustomSampleDataSource).parameters
+    fileTypesKeyword = "loadFileTypes" if "loadFileTypes" in parameters else "loadFileType"
     logic.registerCustomSampleDataSource(
         category=SAMPLE_CATEGORY,
         sampleName=SAMPLE_NAME,
@@ -184,9 +191,8 @@ def registerSampleData() -> None:
         uris=[path.as_uri() for path in files],
         fileNames=[path.name for path in files],
         nodeNames=[SAMPLE_NAME, f"{SAMPLE_NAME}_truth"],
-        # The truth is a plain labelmap; Slicer's segmentation reader imports it as a segmentation.
-        loadFileTypes=["VolumeFile", "SegmentationFile"],
         checksums=[f"SHA256:{_sha256(path)}" for path in files],
+        **{fileTypesKeyword: fileTypes},
     )
 
 
@@ -374,10 +380,25 @@ class AnomalyDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = parameterNode
         self._shownModelScore = self._shownMap = None
         if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self._parameterNodeGuiTag = self._connectGui(self._parameterNode)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGuiFromParameterNode)
             self.fillModelComboBox()
             self.updateGuiFromParameterNode()
+
+    def _connectGui(self, parameterNode: AnomalyDetectionParameterNode) -> int:
+        """``parameterNode.connectGui(self.ui)``, returning the tag that ``disconnectGui`` needs in every Slicer.
+
+        Before Slicer 5.10 ``connectGui`` dropped the tag of the ``connectParametersToGui`` call it makes
+        (returned None; fixed by Slicer commit b5a65a49a0), so ``disconnectGui`` did nothing and each
+        enter() or scene close stacked one more set of widget connections. ``connectParametersToGui``,
+        given the same widgets (those with a SlicerParameterName), returns the tag in 5.4 too.
+        """
+        widgets = {}
+        for widget in vars(self.ui).values():
+            name = widget.property(SlicerParameterNamePropertyName)
+            if name:
+                widgets[name] = widget
+        return parameterNode.connectParametersToGui(widgets)
 
     # ------------------------------------------------------------------- GUI <-> parameters
 
@@ -487,11 +508,15 @@ class AnomalyDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), "Load an anomaly detection model",
                                                   "", "Model files (*.pt)")
             if not path:
+                self._shownModelScore = None  # (model, score) did not change: force re-selecting it
                 self.updateGuiFromParameterNode()  # back to the model that was selected
                 return
             data = path
         self._parameterNode.score = ""  # the new model's default score
         self._parameterNode.model = str(data)
+        # The same model and score again cause no Modified event, yet the combo may show 'Load model file...'.
+        self._shownModelScore = None
+        self.updateGuiFromParameterNode()
 
     def _fillScoreComboBox(self, model: Optional[str]) -> None:
         """Offer the scores of ``model``, selecting the parameter node's score or the model's default."""
@@ -687,6 +712,10 @@ class AnomalyDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.fillModelComboBox()
             p.score = ""
             p.model = str(model.path)
+            # Retraining into the selected model's file changes no parameter, yet the refilled combo
+            # box now shows its first item: select the model (and refresh its scores) explicitly.
+            self._shownModelScore = None
+            self.updateGuiFromParameterNode()
             self.ui.statusLabel.text = f"Trained and saved {model.path}; it is now the selected model."
 
 
