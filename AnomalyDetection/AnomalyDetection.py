@@ -53,18 +53,18 @@ LOAD_MODEL_ITEM = "__load_model_file__"
 USER_MODELS_SETTING = "AnomalyDetection/UserModels"
 
 #: Python packages the engine imports that Slicer does not ship: import name -> pip requirement.
-#: Same pins as the repository's requirements.txt (checked by Testing/test_module_files.py).
+#: Version ranges, the lower bounds of pyproject.toml (checked by Testing/test_module_files.py), not
+#: the exact pins of requirements.txt: Slicer 5.4-5.8 run Python 3.9, which the newest pinned torch,
+#: SciPy and scikit-learn no longer support, so pip picks the newest release that suits Slicer's Python.
 #: torch comes first: it is installed through the PyTorch extension when present.
 REQUIREMENTS: Dict[str, str] = {
-    "torch": "torch==2.13.0",
-    "monai": "monai==1.6.1",
-    "scipy": "scipy==1.17.1",
-    "sklearn": "scikit-learn==1.9.1",
-    "tqdm": "tqdm==4.70.1",
-    "nilearn": "nilearn==0.14.1",
+    "torch": "torch>=2.0",
+    "monai": "monai>=1.3",
+    "scipy": "scipy>=1.8",
+    "sklearn": "scikit-learn>=1.0",
+    "tqdm": "tqdm>=4.60",
+    "nilearn": "nilearn>=0.10",
 }
-#: Version range asked of the PyTorch extension, which picks the CUDA build that suits the driver.
-TORCH_REQUIREMENT = ">=2.0"
 
 #: Scores in the engine's order, each explained in two lines (help text and combo box tooltips).
 SCORE_HELP: Dict[str, str] = {
@@ -806,7 +806,7 @@ class AnomalyDetectionLogic(ScriptedLoadableModuleLogic):
         """Install one requirement, through the PyTorch extension for torch when it is available."""
         logging.info(f"AnomalyDetection: installing {requirement}")
         try:
-            if requirement.startswith("torch=") and AnomalyDetectionLogic._installTorchWithExtension():
+            if requirement == REQUIREMENTS["torch"] and AnomalyDetectionLogic._installTorchWithExtension():
                 return
             slicer.util.pip_install(requirement)
         except Exception as exc:
@@ -822,8 +822,9 @@ class AnomalyDetectionLogic(ScriptedLoadableModuleLogic):
             import PyTorchUtils
         except ImportError:
             return False
-        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
-                                                              torchVersionRequirement=TORCH_REQUIREMENT)
+        versionRange = REQUIREMENTS["torch"][len("torch"):]  # e.g. ">=2.0"
+        logic = PyTorchUtils.PyTorchUtilsLogic()
+        torch = logic.installTorch(askConfirmation=False, torchVersionRequirement=versionRange)
         if torch is None:
             raise RequirementsError("the PyTorch extension did not install PyTorch")
         return True
@@ -947,9 +948,10 @@ class AnomalyDetectionLogic(ScriptedLoadableModuleLogic):
     ) -> Path:
         """Detect anomalies in every volume of ``inputDir`` (files only, no scene); returns the metrics CSV.
 
-        Writes ``<stem>_anomaly.nii.gz``, ``<stem>_mask.nii.gz`` and ``<stem>_report.json`` per input
-        into ``outputDir``, and one CSV row per input (with Dice, AUROC, AUPRC when ``truthDir`` holds
-        ``<stem>`` or ``<stem>_*``). A bad input is an ``error`` row; the run goes on.
+        Writes ``<stem>_anomaly.nii.gz``, ``<stem>_mask.nii.gz``, ``<stem>_foreground.nii.gz`` (the
+        region scored) and ``<stem>_report.json`` per input into ``outputDir``, and one CSV row per
+        input (with Dice, AUROC, AUPRC when ``truthDir`` holds ``<stem>`` or ``<stem>_*``). A bad
+        input is an ``error`` row; the run goes on.
         """
         self.setupPythonRequirements()
         from AnomalyDetectionMRML import process_folder

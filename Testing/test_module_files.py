@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Dict, List, Set
 
 import pytest
+import tomllib
+from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULE_DIR = ROOT / "AnomalyDetection"
@@ -204,17 +206,34 @@ def test_lazy_import_check_sees_module_level_imports():
 # ---------------------------------------------------------------- (d) constants agree with the engine
 
 
-def test_requirements_match_the_pinned_requirements_file():
+def pyproject_dependencies() -> Dict[str, str]:
+    """pyproject.toml's dependencies, package name (lower case) -> requirement string."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    return {Requirement(r).name.lower(): r for r in project["dependencies"]}
+
+
+def test_first_use_requirements_are_the_engine_dependency_ranges():
+    """Slicer installs by pyproject's ranges (its Python may be 3.9), torch first."""
+    requirements = module_constant("REQUIREMENTS")
+    assert list(requirements)[0] == "torch", "torch must be installed first (monai would pull a default build)"
+    dependencies = pyproject_dependencies()
+    for requirement in requirements.values():
+        package = Requirement(requirement).name.lower()
+        assert dependencies.get(package) == requirement, f"{requirement} differs from pyproject.toml"
+
+
+def test_pinned_versions_lie_within_the_dependency_ranges():
+    """requirements.txt (the tested set) is one of the sets the ranges allow."""
     pins = {}
     for line in (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines():
         line = line.split("#", 1)[0].strip()
         if "==" in line:
-            pins[line.split("==")[0].lower()] = line
-    requirements = module_constant("REQUIREMENTS")
-    assert list(requirements)[0] == "torch", "torch must be installed first (monai would pull a default build)"
-    for requirement in requirements.values():
-        package = re.split(r"[=<>!~]", requirement)[0].lower()
-        assert pins.get(package) == requirement, f"{requirement} differs from requirements.txt ({pins.get(package)})"
+            name, version = line.split("==")
+            pins[name.lower()] = version
+    for package, requirement in pyproject_dependencies().items():
+        assert package in pins, f"{package} is a dependency but requirements.txt does not pin it"
+        allowed = Requirement(requirement).specifier
+        assert allowed.contains(pins[package]), f"{package}=={pins[package]} is outside {requirement}"
 
 
 def engine_import_time_third_party() -> Set[str]:
