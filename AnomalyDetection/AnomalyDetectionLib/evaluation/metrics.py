@@ -110,7 +110,7 @@ def best_dice(
     n_pos = int(np.count_nonzero(t))
     if n_pos == 0:
         top = np.max(s)
-        above = np.nextafter(top, np.inf) if np.issubdtype(s.dtype, np.floating) else top + 1
+        above = np.nextafter(top, s.dtype.type(np.inf)) if np.issubdtype(s.dtype, np.floating) else top + 1
         return 1.0, float(above)
     sorted_scores, below = _sorted_counts(s, t)
     starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])  # first of each tie
@@ -201,7 +201,9 @@ def threshold_curves(
     true_pos = n_pos - below[first_kept]
     false_pos = predicted - true_pos
     # Start at "nothing predicted" so every curve begins at the origin (recall 0, precision 1).
-    above = np.nextafter(thresholds[0], np.inf) if np.issubdtype(thresholds.dtype, np.floating) else thresholds[0] + 1
+    # inf of the scores' own type: NumPy 1.x would otherwise step in float64, a step float32 scores round away.
+    floating = np.issubdtype(thresholds.dtype, np.floating)
+    above = np.nextafter(thresholds[0], thresholds.dtype.type(np.inf)) if floating else thresholds[0] + 1
     thresholds = np.r_[above, thresholds].astype(np.float64)
     predicted, true_pos, false_pos = np.r_[0, predicted], np.r_[0, true_pos], np.r_[0, false_pos]
     return {

@@ -13,6 +13,7 @@ Every network exposes the same three calls the scores are written against:
 
 from __future__ import annotations
 
+import inspect
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -23,6 +24,13 @@ from torch import nn
 from torch.nn import functional as F
 
 ARCHITECTURES = ("vae", "ae")
+
+# MONAI >= 1.6 (Python >= 3.10) can make VarAutoEncoder.forward return the posterior mean in eval mode; older
+# MONAI (all that Python 3.9 gets) has no such argument. The engine never calls forward (it encodes and decodes
+# itself, below), so this only keeps ``net(x)`` deterministic where MONAI offers it.
+_MEAN_AT_INFERENCE = (
+    {"use_mean_at_inference": True} if "use_mean_at_inference" in inspect.signature(VarAutoEncoder).parameters else {}
+)
 
 
 class SliceVAE(nn.Module):
@@ -49,7 +57,7 @@ class SliceVAE(nn.Module):
             strides=(2,) * len(channels),
             norm=norm,
             use_sigmoid=True,
-            use_mean_at_inference=True,
+            **_MEAN_AT_INFERENCE,
         )
 
     def encode(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:

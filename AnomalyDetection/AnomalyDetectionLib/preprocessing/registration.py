@@ -66,6 +66,13 @@ INITIAL_ROTATIONS: Tuple[Tuple[float, float, float], ...] = (
 #: Iterations per resolution level of each stage.
 MAX_ITERATIONS = 100
 
+#: Interpolators that keep label values, and so the labels' pixel type (sitkLabelLinear: SimpleITK >= 2.3).
+_LABEL_INTERPOLATORS = tuple(
+    getattr(sitk, name)
+    for name in ("sitkNearestNeighbor", "sitkLabelGaussian", "sitkLabelLinear")
+    if hasattr(sitk, name)
+)
+
 #: Quality limits of :func:`check_registration`. The metric is the Mattes MI value as SimpleITK
 #: reports it (negative; lower is better). Synthetic normal subjects made from the 2 mm MNI152
 #: template (affine + elastic deformation, bias, gamma, noise, texture, with or without a
@@ -455,7 +462,7 @@ def check_registration(result: RegistrationResult, expected: Optional[Dict[str, 
 def _output_type(image: sitk.Image, interpolator: int) -> int:
     """Keep labels' pixel type with label-preserving interpolators; otherwise float32, so linear
     interpolation of an integer scan is not rounded."""
-    if interpolator in (sitk.sitkNearestNeighbor, sitk.sitkLabelGaussian, sitk.sitkLabelLinear):
+    if interpolator in _LABEL_INTERPOLATORS:
         return image.GetPixelID()
     if image.GetPixelID() == sitk.sitkFloat64:
         return sitk.sitkFloat64
