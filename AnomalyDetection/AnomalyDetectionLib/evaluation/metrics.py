@@ -95,6 +95,17 @@ def _sorted_counts(s: np.ndarray, t: np.ndarray) -> Tuple[np.ndarray, np.ndarray
     return s[order], below
 
 
+def _just_above(top: np.generic) -> np.generic:
+    """The lowest threshold that flags nothing when ``top`` is the highest score.
+
+    The next value of ``top``'s own type: NumPy 1.x steps towards a float64 infinity in float64, a
+    step that float32 scores round away. Integer scores: ``top + 1``.
+    """
+    if np.issubdtype(top.dtype, np.floating):
+        return np.nextafter(top, top.dtype.type(np.inf))
+    return top + 1
+
+
 def best_dice(
     scores: np.ndarray, truth: np.ndarray, mask: Optional[np.ndarray] = None
 ) -> Tuple[float, float]:
@@ -109,9 +120,7 @@ def best_dice(
         return math.nan, math.nan
     n_pos = int(np.count_nonzero(t))
     if n_pos == 0:
-        top = np.max(s)
-        above = np.nextafter(top, s.dtype.type(np.inf)) if np.issubdtype(s.dtype, np.floating) else top + 1
-        return 1.0, float(above)
+        return 1.0, float(_just_above(np.max(s)))
     sorted_scores, below = _sorted_counts(s, t)
     starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])  # first of each tie
     true_pos = n_pos - below[starts]
@@ -201,10 +210,7 @@ def threshold_curves(
     true_pos = n_pos - below[first_kept]
     false_pos = predicted - true_pos
     # Start at "nothing predicted" so every curve begins at the origin (recall 0, precision 1).
-    # inf of the scores' own type: NumPy 1.x would otherwise step in float64, a step float32 scores round away.
-    floating = np.issubdtype(thresholds.dtype, np.floating)
-    above = np.nextafter(thresholds[0], thresholds.dtype.type(np.inf)) if floating else thresholds[0] + 1
-    thresholds = np.r_[above, thresholds].astype(np.float64)
+    thresholds = np.r_[_just_above(thresholds[0]), thresholds].astype(np.float64)
     predicted, true_pos, false_pos = np.r_[0, predicted], np.r_[0, true_pos], np.r_[0, false_pos]
     return {
         "threshold": thresholds,
