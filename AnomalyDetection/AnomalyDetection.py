@@ -508,13 +508,19 @@ class AnomalyDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), "Load an anomaly detection model",
                                                   "", "Model files (*.pt)")
             if not path:
-                self._shownModelScore = None  # (model, score) did not change: force re-selecting it
-                self.updateGuiFromParameterNode()  # back to the model that was selected
+                self._reselectModelAndScore()  # back to the model that was selected
                 return
             data = path
         self._parameterNode.score = ""  # the new model's default score
         self._parameterNode.model = str(data)
-        # The same model and score again cause no Modified event, yet the combo may show 'Load model file...'.
+        self._reselectModelAndScore()  # picking the same model again changes no parameter
+
+    def _reselectModelAndScore(self) -> None:
+        """Show the parameter node's model and score although neither changed.
+
+        A re-picked model, a cancelled 'Load model file...' or a retrain into the selected model's
+        file cause no Modified event, yet the model combo box may show another item.
+        """
         self._shownModelScore = None
         self.updateGuiFromParameterNode()
 
@@ -712,10 +718,7 @@ class AnomalyDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.fillModelComboBox()
             p.score = ""
             p.model = str(model.path)
-            # Retraining into the selected model's file changes no parameter, yet the refilled combo
-            # box now shows its first item: select the model (and refresh its scores) explicitly.
-            self._shownModelScore = None
-            self.updateGuiFromParameterNode()
+            self._reselectModelAndScore()  # the refilled combo box shows its first item
             self.ui.statusLabel.text = f"Trained and saved {model.path}; it is now the selected model."
 
 
