@@ -3,15 +3,15 @@
 Module (description), parameter node, Widget (Qt), Logic (console and batch API) and Test (in Slicer).
 The work is done by two packages beside this file: ``AnomalyDetectionLib`` (the engine: torch, MONAI,
 SimpleITK; no Slicer) and ``AnomalyDetectionMRML`` (volume nodes in, map/segmentation/table nodes out;
-no Qt). Both import torch, which Slicer does not ship: it is installed on first use, after the user
-agrees, so this file imports neither at module level -- Slicer must start, and show this module,
-without PyTorch.
+no Qt). PyTorch and MONAI, which Slicer does not ship, are installed on first use after the user
+agrees, so this file imports at module level only the engine's torch-free front door
+(``AnomalyDetectionLib.catalog``, ``.errors``, ``.dependencies``): Slicer must start, and show this
+module with its models and scores, without PyTorch.
 """
 
 import hashlib
 import importlib.util
 import inspect
-import json
 import logging
 import math
 import sys
@@ -23,7 +23,7 @@ from typing import Annotated, Any, Callable, Dict, Iterator, List, Mapping, Opti
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import Choice, SlicerParameterNamePropertyName, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -33,67 +33,47 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+from AnomalyDetectionLib.catalog import (
+    ARCHITECTURES,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MODEL,
+    DEVICES,
+    MODEL_SUFFIX,
+    SCORE_HELP,
+    SCORES,
+    bundled_model_paths,
+    default_score,
+    read_card_file,
+    resolve_model_path,
+    scores_for_card,
+)
+from AnomalyDetectionLib.dependencies import read_requirements, unmet_requirements
+from AnomalyDetectionLib.errors import AnomalyDetectionError, Cancelled
+
 MODULE_DIR = Path(__file__).resolve().parent
-MODELS_DIR = MODULE_DIR / "Resources" / "Models"
 SAMPLES_DIR = MODULE_DIR / "Resources" / "Samples"
 ICONS_DIR = MODULE_DIR / "Resources" / "Icons"
 SAMPLE_SCAN = SAMPLES_DIR / "brain_t1_tumour.nrrd"
 SAMPLE_TRUTH = SAMPLES_DIR / "brain_t1_tumour_truth.nrrd"
 SAMPLE_NAME = "brain_t1_tumour"
 SAMPLE_CATEGORY = "Anomaly detection"
+#: Python packages the engine needs that Slicer does not ship, with minimum versions (first-use install).
+REQUIREMENTS_FILE = MODULE_DIR / "Resources" / "requirements.txt"
 
 #: Packages that live beside this file and must be re-imported when the module is reloaded.
 ENGINE_PACKAGES = ("AnomalyDetectionLib", "AnomalyDetectionMRML")
-#: The engine's default model (``models.model_file.DEFAULT_MODEL``); repeated here so the GUI can
-#: start without importing torch. Testing/test_module_files.py checks that the two agree.
-DEFAULT_MODEL_NAME = "brain_t1_vae"
-MODEL_SUFFIX = ".pt"
-CARD_SUFFIX = ".card.json"
 LOAD_MODEL_ITEM = "__load_model_file__"
 USER_MODELS_SETTING = "AnomalyDetection/UserModels"
 
-#: Python packages the engine imports that Slicer does not ship: import name -> pip requirement.
-#: Version ranges, the lower bounds of pyproject.toml (checked by Testing/test_module_files.py), not
-#: the exact pins of requirements.txt: Slicer 5.4-5.8 run Python 3.9, which the newest pinned torch,
-#: SciPy and scikit-learn no longer support, so pip picks the newest release that suits Slicer's Python.
-#: torch comes first: it is installed through the PyTorch extension when present.
-REQUIREMENTS: Dict[str, str] = {
-    "torch": "torch>=2.0",
-    "monai": "monai>=1.3",
-    "scipy": "scipy>=1.8",
-    "sklearn": "scikit-learn>=1.0",
-    "tqdm": "tqdm>=4.60",
-    "nilearn": "nilearn>=0.10",
-}
-
-#: Scores in the engine's order, each explained in two lines (help text and combo box tooltips).
-SCORE_HELP: Dict[str, str] = {
-    "reconstruction": "Reconstruction error |x - x_hat| of each voxel.<br>"
-                      "Simple and fast; the baseline that every paper compares against.",
-    "kl_grad": "Gradient of the KL term with respect to the input, |dKL/dx| (VAEs only).<br>"
-               "Marks voxels that push the image's code away from normal anatomy (Zimmerer et al. 2019).",
-    "elbo_grad": "Gradient of the whole ELBO (reconstruction + KL) with respect to the input (VAEs only).<br>"
-                 "Combines both signals through one backward pass.",
-    "combi": "Reconstruction error times KL-gradient (VAEs only; the VAEs' default).<br>"
-             "The combination Zimmerer et al. 2019 found best on brain MRI.",
-    "energy_projection": "Moves the image towards normality by gradient steps on the reconstruction energy, "
-                         "score = |x_0 - x_T|.<br>"
-                         "Sharper maps, about ten times slower (Dehaene et al. 2020, studied by Zhou et al. 2020).",
-    "ensemble": "Rank- or z-score-normalised average of several scores.<br>"
-                "More robust than any single score when no one score is best for every lesion.",
-}
-VARIATIONAL_ONLY = ("kl_grad", "elbo_grad", "combi")
-DEVICES = ["auto", "cpu", "cuda"]
 MODEL_DEFAULT_SMOOTHING = "model default"
 SMOOTHING_CHOICES = [MODEL_DEFAULT_SMOOTHING, "none", "median", "gaussian"]
-ARCHITECTURES = ["vae", "ae"]
 
 ProgressCallback = Callable[[float, str], None]
 CancelCheck = Callable[[], bool]
 
 
 class RequirementsError(RuntimeError):
-    """The Python packages the engine needs are missing and were not (or could not be) installed."""
+    """The Python packages the engine needs are missing or too old and were not (or could not be) installed."""
 
 
 #
@@ -212,17 +192,18 @@ class AnomalyDetectionParameterNode:
     smoothing - post-processing filter of the map (MODEL_DEFAULT_SMOOTHING keeps the calibrated one).
     projectionSteps, projectionAlpha, projectionLambda - energy-based projection parameters.
     threshold - the current threshold of the anomaly segmentation.
-    anomalyMap, anomalySegmentation - outputs (None: created by the next detection).
+    anomalyMap, anomalySegmentation, anomalyForeground - outputs of the last detection (None: created by the
+        next one); the foreground labelmap is the region scored, which Evaluate and the threshold use.
     referenceSegmentation, referenceSegmentID - the reference for Evaluate.
     extraScores - also output every other score's map and the model's reconstruction (teaching).
     trainArch, trainEpochs, trainTemplate - training choices.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
-    model: str = DEFAULT_MODEL_NAME
+    model: str = DEFAULT_MODEL
     score: str = ""
-    device: Annotated[str, Choice(DEVICES)] = "auto"
-    batchSize: Annotated[int, WithinRange(1, 1024)] = 32
+    device: Annotated[str, Choice(list(DEVICES))] = "auto"
+    batchSize: Annotated[int, WithinRange(1, 1024)] = DEFAULT_BATCH_SIZE
     smoothing: Annotated[str, Choice(SMOOTHING_CHOICES)] = MODEL_DEFAULT_SMOOTHING
     projectionSteps: Annotated[int, WithinRange(1, 500)] = 20
     projectionAlpha: Annotated[float, WithinRange(0.0, 100.0)] = 1.0
@@ -230,55 +211,13 @@ class AnomalyDetectionParameterNode:
     threshold: float = 0.0
     anomalyMap: vtkMRMLScalarVolumeNode
     anomalySegmentation: vtkMRMLSegmentationNode
+    anomalyForeground: vtkMRMLLabelMapVolumeNode
     referenceSegmentation: vtkMRMLSegmentationNode
     referenceSegmentID: str = ""
     extraScores: bool = False
-    trainArch: Annotated[str, Choice(ARCHITECTURES)] = "vae"
+    trainArch: Annotated[str, Choice(list(ARCHITECTURES))] = "vae"
     trainEpochs: Annotated[int, WithinRange(1, 1000)] = 20
     trainTemplate: bool = True
-
-
-#
-# Model cards without torch
-#
-
-
-def bundledModelPaths() -> List[Path]:
-    """The shipped model files (as ``AnomalyDetectionLib.models.bundled_model_paths``, without torch)."""
-    return sorted(MODELS_DIR.glob(f"*{MODEL_SUFFIX}")) if MODELS_DIR.is_dir() else []
-
-
-def readCardFile(modelPath: Path) -> Optional[Dict[str, Any]]:
-    """The readable copy of a model's card (``<name>.card.json`` beside ``<name>.pt``), if there is one."""
-    cardPath = modelPath.with_name(modelPath.name[: -len(MODEL_SUFFIX)] + CARD_SUFFIX)
-    if modelPath.name.endswith(MODEL_SUFFIX) and cardPath.is_file():
-        try:
-            return json.loads(cardPath.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            logging.warning(f"AnomalyDetection: unreadable model card {cardPath}: {exc}")
-    return None
-
-
-def scoresFromCard(card: Mapping[str, Any]) -> List[str]:
-    """Scores a model offers: those it has calibrated thresholds for, else those its architecture allows."""
-    calibrated = card.get("calibration", {}).get("thresholds", {}) if isinstance(card.get("calibration"), dict) else {}
-    if calibrated:
-        return [score for score in SCORE_HELP if score in calibrated]
-    variational = card.get("arch") == "vae"
-    return [score for score in SCORE_HELP if variational or score not in VARIATIONAL_ONLY]
-
-
-def defaultScoreFromCard(card: Mapping[str, Any]) -> str:
-    scores = scoresFromCard(card)
-    default = card.get("default_score")
-    return default if default in scores else (scores[0] if scores else "reconstruction")
-
-
-def _isEngineError(exc: BaseException, className: str) -> bool:
-    """Whether ``exc`` is ``AnomalyDetectionLib.<className>``, without importing the engine (and torch)."""
-    engine = sys.modules.get("AnomalyDetectionLib")
-    cls = getattr(engine, className, None) if engine is not None else None
-    return isinstance(cls, type) and isinstance(exc, cls)
 
 
 #
@@ -460,11 +399,11 @@ class AnomalyDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if mapNode is None or mapNode.GetImageData() is None:
             self.ui.reportLabel.text = ""
             return
+        report = self.logic.detectionReport(mapNode)
+        if report is None:  # not a map of this module: nothing to threshold or summarise
+            self.ui.reportLabel.text = ""
+            return
         self._setThresholdRange(mapNode, self._parameterNode.threshold)
-        try:
-            report = json.loads(mapNode.GetAttribute("AnomalyDetection.Report") or "{}")
-        except ValueError:
-            report = {}
         self.ui.reportLabel.text = _reportSummary(report) if "threshold" in report else ""
 
     # ------------------------------------------------------------------------- models
@@ -474,9 +413,9 @@ class AnomalyDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         combo = self.ui.modelComboBox
         wasBlocked = combo.blockSignals(True)
         combo.clear()
-        for path in bundledModelPaths():
-            card = readCardFile(path) or {}
-            name = path.name[: -len(MODEL_SUFFIX)]
+        for path in bundled_model_paths():
+            card = self.logic.modelCard(str(path)) or {}
+            name = path.stem
             combo.addItem(f"{name} ({card.get('arch', '?')}, bundled)", name)
             combo.setItemData(combo.count - 1, card.get("description", ""), qt.Qt.ToolTipRole)
         for path in self.logic.userModelPaths():
@@ -494,7 +433,7 @@ class AnomalyDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.fillModelComboBox()
             index = combo.findData(model)
         if index < 0:
-            index = max(combo.findData(DEFAULT_MODEL_NAME), 0)
+            index = max(combo.findData(DEFAULT_MODEL), 0)
         if combo.currentIndex != index:
             wasBlocked = combo.blockSignals(True)
             combo.currentIndex = index
@@ -528,8 +467,8 @@ class AnomalyDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Offer the scores of ``model``, selecting the parameter node's score or the model's default."""
         combo = self.ui.scoreComboBox
         card = self.logic.modelCard(model) if model and model != LOAD_MODEL_ITEM else None
-        scores = scoresFromCard(card) if card else list(SCORE_HELP)
-        default = defaultScoreFromCard(card) if card else "reconstruction"
+        scores = scores_for_card(card) if card else list(SCORES)
+        default = default_score(card) if card else SCORES[0]
         wanted = self._parameterNode.score if self._parameterNode.score in scores else default
         wasBlocked = combo.blockSignals(True)
         combo.clear()
@@ -585,9 +524,9 @@ class AnomalyDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             yield
         except Exception as exc:
-            if _isEngineError(exc, "Cancelled"):
+            if isinstance(exc, Cancelled):
                 self.ui.statusLabel.text = f"{what}: cancelled."
-            elif _isEngineError(exc, "AnomalyDetectionError") or isinstance(exc, (RequirementsError, ValueError)):
+            elif isinstance(exc, (AnomalyDetectionError, RequirementsError, ValueError)):
                 self.ui.statusLabel.text = f"{what} failed: {exc}"
                 slicer.util.errorDisplay(f"{what} failed:\n\n{exc}")
             else:
@@ -615,19 +554,19 @@ class AnomalyDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onDetect(self) -> None:
         p = self._parameterNode
         with self._running("Anomaly detection"):
-            previous = self.logic.outputsFor(p.anomalyMap, p.anomalySegmentation, self._outputs)
+            previous = self.logic.outputsFor(p.anomalyMap, p.anomalySegmentation, p.anomalyForeground, self._outputs)
             outputs = self.logic.process(
                 p.inputVolume, model=p.model, score=p.score or None, threshold="auto", device=p.device,
                 batchSize=p.batchSize, scoreParams=self._scoreParams(), postprocessing=self._postprocessing(),
                 extraScores=self.logic.scoresForModel(p.model) if p.extraScores else (),
-                reconstruction=p.extraScores,
+                withReconstruction=p.extraScores,
                 progress=self._progress, cancel=self._cancel, outputs=previous,
             )
             self._showOutputs(outputs)
 
     def _scoreParams(self) -> Optional[Dict[str, Any]]:
         p = self._parameterNode
-        score = p.score or defaultScoreFromCard(self.logic.modelCard(p.model) or {})
+        score = p.score or default_score(self.logic.modelCard(p.model) or {"arch": "ae"})
         if score != "energy_projection":
             return None
         return {"steps": int(p.projectionSteps), "alpha": float(p.projectionAlpha), "lam": float(p.projectionLambda)}
@@ -637,22 +576,30 @@ class AnomalyDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return None if smoothing == MODEL_DEFAULT_SMOOTHING else {"smoothing": smoothing}
 
     def _showOutputs(self, outputs) -> None:
-        """Remember the outputs, set the threshold slider's range to the map's, and summarise the report."""
-        self._outputs = outputs
+        """Put the outputs into the parameter node (saved with the scene), set the threshold slider's range,
+        and summarise the report (its warnings, e.g. a failed registration, first)."""
+        self._outputs = outputs  # only to reuse the side-by-side score nodes on the next run
         p = self._parameterNode
         p.threshold = float(outputs.report["threshold"])
         p.anomalyMap = outputs.map_node
         p.anomalySegmentation = outputs.segmentation_node
+        p.anomalyForeground = outputs.foreground_node
         self._showMapState(outputs.map_node)  # also when the map node was reused
-        self.ui.statusLabel.text = (f"Done: '{outputs.map_node.GetName()}' and '{outputs.segmentation_node.GetName()}'"
-                                    + (f", plus {len(outputs.extra_nodes)} score maps" if outputs.extra_nodes else "")
-                                    + ".")
+        extra = len(outputs.score_nodes) + int(outputs.reconstruction_node is not None)
+        warnings = outputs.report.get("warnings") or []
+        self.ui.statusLabel.text = ((f"Done with {len(warnings)} warning(s), see below: " if warnings else "Done: ")
+                                    + f"'{outputs.map_node.GetName()}' and '{outputs.segmentation_node.GetName()}'"
+                                    + (f", plus {extra} more volumes" if extra else "") + ".")
         self.ui.resultsCollapsibleButton.collapsed = False
         self.updateButtonStates()
 
     def _setThresholdRange(self, mapNode, threshold: float) -> None:
-        """Slider from the map's lowest to highest value, with steps and decimals fit for that range."""
-        low, high = mapNode.GetImageData().GetScalarRange()
+        """Slider over the map's values inside its foreground, with steps and decimals fit for that range.
+
+        (At any position the segment follows the engine's mask rule, so even the lowest one marks no
+        voxel outside the foreground.)
+        """
+        low, high = self.logic.thresholdRange(mapNode)
         low, high = min(low, threshold), max(high, threshold)
         span = (high - low) or 1.0
         slider = self.ui.thresholdSlider
@@ -666,11 +613,8 @@ class AnomalyDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _calibratedThreshold(self) -> Optional[float]:
         """The threshold the detection used (kept on the map node, so it survives saving the scene)."""
         mapNode = self._parameterNode.anomalyMap if self._parameterNode else None
-        value = mapNode.GetAttribute("AnomalyDetection.Threshold") if mapNode is not None else None
-        try:
-            return float(value) if value else None
-        except ValueError:
-            return None
+        report = self.logic.detectionReport(mapNode) if mapNode is not None else None
+        return float(report["threshold"]) if report else None
 
     def onThresholdChanged(self, value: float) -> None:
         """Live: re-threshold the map into the same segment (no detection is re-run)."""
@@ -694,16 +638,14 @@ class AnomalyDetectionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         with self._running("Evaluation"):
             segmentID = self.ui.referenceSegmentSelector.currentSegmentID()
-            mask = getattr(self._outputs, "foreground", None) if self._outputsMatch(p.anomalyMap) else None
+            # The map node references the foreground its detection scored, also in a reloaded scene.
+            brainOnly = self.logic.hasForeground(p.anomalyMap)
             self._tableNode, self._plotChartNode, metrics = self.logic.evaluate(
                 p.anomalyMap, self.ui.referenceSegmentSelector.currentNode(), segmentID, self.ui.thresholdSlider.value,
-                tableNode=self._tableNode, plotChartNode=self._plotChartNode, mask=mask)
+                tableNode=self._tableNode, plotChartNode=self._plotChartNode)
             self.logic.showTableAndPlot(self._tableNode, self._plotChartNode)
-            self.ui.evaluationLabel.text = _metricsSummary(metrics, brainOnly=mask is not None)
+            self.ui.evaluationLabel.text = _metricsSummary(metrics, brainOnly=brainOnly)
             self.ui.statusLabel.text = "Evaluation done: metrics table and Dice-vs-threshold plot shown."
-
-    def _outputsMatch(self, mapNode) -> bool:
-        return self._outputs is not None and self._outputs.map_node is mapNode
 
     def onTrain(self) -> None:
         p = self._parameterNode
@@ -771,47 +713,70 @@ class AnomalyDetectionLogic(ScriptedLoadableModuleLogic):
     # -------------------------------------------------------------------- requirements
 
     @staticmethod
-    def missingRequirements() -> List[str]:
-        """pip requirements of the packages that cannot be imported yet (torch first)."""
-        return [requirement for module, requirement in REQUIREMENTS.items()
-                if importlib.util.find_spec(module) is None]
+    def unmetRequirements():
+        """The requirements of :data:`REQUIREMENTS_FILE` that are missing or older than their minimum
+        (``AnomalyDetectionLib.dependencies.Unmet``, torch first), read from package metadata without
+        importing anything."""
+        return unmet_requirements(read_requirements(REQUIREMENTS_FILE))
 
     def setupPythonRequirements(self, askConfirmation: bool = True) -> None:
-        """Install what the engine needs and Slicer lacks (PyTorch, MONAI, ...) on first use.
+        """Install or upgrade what the engine needs and Slicer lacks (PyTorch, MONAI, ...) on first use.
 
         Asks first (installation downloads about 1-3 GB). PyTorch comes from the PyTorch extension when
-        it is installed, because it picks the CUDA build that matches the GPU driver; otherwise from
-        PyPI (the CPU or default CUDA build). Raises :class:`RequirementsError` if the user declines
-        or an installation fails.
+        it is installed, because it picks the CUDA build that matches the GPU driver; the rest through
+        ``slicer.pydeps.pip_ensure`` where this Slicer has it (5.11+), else ``slicer.util.pip_install``.
+        Upgrading a package that this Slicer session has already imported (e.g. an older torch another
+        extension loaded) takes effect only after a restart, which is offered. Raises
+        :class:`RequirementsError` if the user declines, an installation fails, or a restart is pending.
         """
         if self._requirementsChecked:
             return
-        missing = self.missingRequirements()
-        if missing:
+        unmet = self.unmetRequirements()
+        if unmet:
+            listing = "\n".join(u.describe() for u in unmet)
             if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-                "Anomaly Detection needs Python packages that are not installed yet. Installing them downloads "
+                "Anomaly Detection needs Python packages that are missing or too old. Installing them downloads "
                 "1-3 GB and may take several minutes. Install now?",
                 "Install Python packages",
-                detailedText="Packages: " + ", ".join(missing),
+                detailedText=listing,
             ):
-                raise RequirementsError("the required Python packages are not installed (" + ", ".join(missing) + ")")
-            for requirement in missing:
-                self._install(requirement)
+                raise RequirementsError("the required Python packages are not installed:\n" + listing)
+            restart = [u for u in unmet if u.needs_restart]
+            for requirement in unmet:
+                self._install(requirement.requirement)
             importlib.invalidate_caches()
-            still = self.missingRequirements()
+            if restart:
+                self._offerRestart(restart)
+            still = self.unmetRequirements()
             if still:
-                raise RequirementsError("installation finished but these packages still cannot be imported: "
-                                        + ", ".join(still) + "; restart Slicer and try again")
+                raise RequirementsError("installation finished but these requirements are still not met:\n"
+                                        + "\n".join(u.describe() for u in still) + "\nRestart Slicer and try again.")
         self._requirementsChecked = True
+
+    @staticmethod
+    def _offerRestart(upgraded) -> None:
+        """Upgraded packages that were already imported only load after a restart: offer it, or refuse to go on."""
+        names = ", ".join(u.name for u in upgraded)
+        if slicer.util.confirmYesNoDisplay(
+                f"{names} was upgraded, but this Slicer session had already loaded the old version. Slicer must "
+                "restart to use the new one. Restart now?", "Restart Slicer"):
+            slicer.util.restart()
+        raise RequirementsError(f"{names} was upgraded; restart Slicer to use the new version")
 
     @staticmethod
     def _install(requirement: str) -> None:
         """Install one requirement, through the PyTorch extension for torch when it is available."""
         logging.info(f"AnomalyDetection: installing {requirement}")
         try:
-            if requirement == REQUIREMENTS["torch"] and AnomalyDetectionLogic._installTorchWithExtension():
+            if requirement.startswith("torch") and AnomalyDetectionLogic._installTorchWithExtension(requirement):
                 return
-            slicer.util.pip_install(requirement)
+            pydeps = getattr(slicer, "pydeps", None)
+            if pydeps is not None and hasattr(pydeps, "pip_ensure"):  # Slicer >= 5.11
+                from packaging.requirements import Requirement
+
+                pydeps.pip_ensure([Requirement(requirement)], requester="AnomalyDetection")
+            else:
+                slicer.util.pip_install(requirement)
         except Exception as exc:
             raise RequirementsError(
                 f"could not install {requirement}: {exc}. Check the network connection, or install it from "
@@ -819,13 +784,13 @@ class AnomalyDetectionLogic(ScriptedLoadableModuleLogic):
             ) from exc
 
     @staticmethod
-    def _installTorchWithExtension() -> bool:
+    def _installTorchWithExtension(requirement: str) -> bool:
         """Install torch through the PyTorch extension's logic; False if the extension is not installed."""
         try:
             import PyTorchUtils
         except ImportError:
             return False
-        versionRange = REQUIREMENTS["torch"][len("torch"):]  # e.g. ">=2.0"
+        versionRange = requirement[len("torch"):]  # e.g. ">=2.0"
         logic = PyTorchUtils.PyTorchUtilsLogic()
         torch = logic.installTorch(askConfirmation=False, torchVersionRequirement=versionRange)
         if torch is None:
@@ -847,13 +812,11 @@ class AnomalyDetectionLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def modelFilePath(model: Optional[str]) -> Optional[Path]:
-        """The file of a bundled model's name or a path; None if there is no such file."""
-        name = model or DEFAULT_MODEL_NAME
-        for path in bundledModelPaths():
-            if path.name == name + MODEL_SUFFIX:
-                return path
-        candidate = Path(name)
-        return candidate if candidate.is_file() else None
+        """The file of a bundled model's name or a path (the engine's one lookup rule); None if there is none."""
+        try:
+            return resolve_model_path(model or None)
+        except AnomalyDetectionError:
+            return None
 
     def modelCard(self, model: Optional[str]) -> Optional[Dict[str, Any]]:
         """A model's card: its .card.json if present (no torch needed), else from the loaded model file."""
@@ -862,19 +825,17 @@ class AnomalyDetectionLogic(ScriptedLoadableModuleLogic):
             return None
         key = f"{path.resolve()}:{path.stat().st_mtime_ns}"
         if key not in self._cards:
-            card = readCardFile(path)
-            if card is None:
-                try:
-                    card = dict(self.loadModel(str(path)).card)
-                except Exception as exc:  # reported where the model is used; the GUI then lists every score
-                    logging.warning(f"AnomalyDetection: cannot read the model card of {path}: {exc}")
-                    return None
+            try:
+                card = read_card_file(path) or dict(self.loadModel(str(path)).card)
+            except Exception as exc:  # reported where the model is used; the GUI then lists every score
+                logging.warning(f"AnomalyDetection: cannot read the model card of {path}: {exc}")
+                return None
             self._cards[key] = card
         return self._cards[key]
 
     def scoresForModel(self, model: Optional[str]) -> List[str]:
         card = self.modelCard(model)
-        return scoresFromCard(card) if card else list(SCORE_HELP)
+        return scores_for_card(card) if card else list(SCORES)
 
     def loadModel(self, model: Union[None, str, Path, Any] = None):
         """The engine's ``Model`` for a name, a path or a Model, cached by file and modification time."""
@@ -883,13 +844,33 @@ class AnomalyDetectionLogic(ScriptedLoadableModuleLogic):
 
         if isinstance(model, Model):
             return model
-        path = self.modelFilePath(str(model) if model is not None else None)
-        if path is None:
-            return load_model(str(model))  # the engine's error message names the bundled models
+        path = resolve_model_path(str(model) if model is not None else None)  # ModelError names the bundled ones
         key = f"{path.resolve()}:{path.stat().st_mtime_ns}"
         if key not in self._models:
             self._models[key] = load_model(path)
         return self._models[key]
+
+    def detector(
+        self,
+        model: Union[None, str, Path, Any] = None,
+        score: Optional[str] = None,
+        threshold: Union[str, float] = "auto",
+        device: str = "auto",
+        batchSize: int = DEFAULT_BATCH_SIZE,
+        scoreParams: Optional[Mapping[str, Any]] = None,
+        postprocessing: Optional[Mapping[str, Any]] = None,
+    ):
+        """The engine's ``Detector`` (model + validated settings) for the console API's arguments.
+
+        The one place where the module's keyword arguments become engine settings; everything below
+        (``AnomalyDetectionMRML``, the engine) receives the detector.
+        """
+        self.setupPythonRequirements()
+        from AnomalyDetectionLib import Detector
+
+        return Detector(self.loadModel(model), score=score, threshold=threshold, device=device, batch_size=batchSize,
+                        score_params=dict(scoreParams) if scoreParams else None,
+                        postprocessing=dict(postprocessing) if postprocessing else None)
 
     # ------------------------------------------------------------------------ detection
 
@@ -900,7 +881,7 @@ class AnomalyDetectionLogic(ScriptedLoadableModuleLogic):
         score: Optional[str] = None,
         threshold: Union[str, float] = "auto",
         device: str = "auto",
-        batchSize: int = 32,
+        batchSize: int = DEFAULT_BATCH_SIZE,
         scoreParams: Optional[Mapping[str, Any]] = None,
         postprocessing: Optional[Mapping[str, Any]] = None,
         extraScores: Sequence[str] = (),
@@ -908,28 +889,25 @@ class AnomalyDetectionLogic(ScriptedLoadableModuleLogic):
         cancel: Optional[CancelCheck] = None,
         outputs=None,
         showResult: bool = True,
-        reconstruction: bool = False,
+        withReconstruction: bool = False,
     ):
         """Detect anomalies in ``volumeNode``; returns ``AnomalyDetectionMRML.DetectionOutputs``.
 
         ``model``: a bundled model's name (default ``brain_t1_vae``), a ``.pt`` path or a loaded model;
         ``score``: None for the model's default; ``threshold``: "auto" (calibrated) or a number;
-        ``extraScores``: other scores whose maps are added side by side; ``reconstruction``: also
+        ``extraScores``: other scores whose maps are added side by side; ``withReconstruction``: also
         the model's reconstruction of the scan as a volume (teaching); ``outputs``: an earlier
         result whose nodes are reused. Creates a float32 anomaly map on the input's exact grid (shown
-        as a heat map over the input when ``showResult``) and a segmentation with segment "Anomaly".
+        as a heat map over the input when ``showResult``), a segmentation with segment "Anomaly" (the
+        engine's mask, as ``anomaly-detection detect`` writes it) and the scored region as a labelmap.
         Raises ``AnomalyDetectionLib.Cancelled`` when ``cancel()`` returns True and
         ``AnomalyDetectionLib.AnomalyDetectionError`` for unusable inputs; on error no node is added.
         """
-        self.setupPythonRequirements()
+        detector = self.detector(model, score, threshold, device, batchSize, scoreParams, postprocessing)
         from AnomalyDetectionMRML import process as processNode
 
-        result = processNode(
-            volumeNode, model=self.loadModel(model), score=score, threshold=threshold, device=device,
-            batch_size=batchSize, score_params=dict(scoreParams) if scoreParams else None,
-            postprocessing=dict(postprocessing) if postprocessing else None, progress=progress, cancel=cancel,
-            outputs=outputs, extra_scores=tuple(extraScores), reconstruction=reconstruction,
-        )
+        result = processNode(volumeNode, detector, outputs=outputs, extra_scores=tuple(extraScores),
+                             with_reconstruction=withReconstruction, progress=progress, cancel=cancel)
         if showResult and slicer.app.layoutManager() is not None:
             slicer.util.setSliceViewerLayers(background=volumeNode, foreground=result.map_node, foregroundOpacity=0.5)
         return result
@@ -943,7 +921,7 @@ class AnomalyDetectionLogic(ScriptedLoadableModuleLogic):
         threshold: Union[str, float] = "auto",
         device: str = "auto",
         truthDir: Union[None, str, Path] = None,
-        batchSize: int = 32,
+        batchSize: int = DEFAULT_BATCH_SIZE,
         scoreParams: Optional[Mapping[str, Any]] = None,
         postprocessing: Optional[Mapping[str, Any]] = None,
         progress: Optional[ProgressCallback] = None,
@@ -956,32 +934,49 @@ class AnomalyDetectionLogic(ScriptedLoadableModuleLogic):
         input (with Dice, AUROC, AUPRC when ``truthDir`` holds ``<stem>`` or ``<stem>_*``). A bad
         input is an ``error`` row; the run goes on.
         """
-        self.setupPythonRequirements()
+        detector = self.detector(model, score, threshold, device, batchSize, scoreParams, postprocessing)
         from AnomalyDetectionMRML import process_folder
 
-        return process_folder(
-            inputDir, outputDir, model=self.loadModel(model), score=score, threshold=threshold, device=device,
-            truth_dir=truthDir, progress=progress, cancel=cancel, batch_size=batchSize,
-            score_params=dict(scoreParams) if scoreParams else None,
-            postprocessing=dict(postprocessing) if postprocessing else None,
-        )
+        return process_folder(inputDir, outputDir, detector, truth_dir=truthDir, progress=progress, cancel=cancel)
 
-    def outputsFor(self, mapNode, segmentationNode, previous=None):
+    def outputsFor(self, mapNode, segmentationNode, foregroundNode=None, previous=None):
         """``DetectionOutputs`` naming the nodes to overwrite (None: let ``process`` create them)."""
         if mapNode is None and segmentationNode is None:
             return None
-        self.setupPythonRequirements()
         from AnomalyDetectionMRML import DetectionOutputs
 
-        extra = dict(previous.extra_nodes) if previous is not None and previous.map_node is mapNode else {}
-        return DetectionOutputs(mapNode, segmentationNode, extra_nodes=extra)
+        same = previous is not None and previous.map_node is mapNode
+        return DetectionOutputs(mapNode, segmentationNode, foregroundNode,
+                                score_nodes=dict(previous.score_nodes) if same else {},
+                                reconstruction_node=previous.reconstruction_node if same else None)
 
-    def updateSegmentation(self, mapNode, threshold: float, segmentationNode=None):
-        """Re-threshold ``mapNode`` into ``segmentationNode``'s "Anomaly" segment (fast; the slider's call)."""
-        self.setupPythonRequirements()
+    @staticmethod
+    def updateSegmentation(mapNode, threshold: float, segmentationNode=None):
+        """Re-threshold ``mapNode`` into the "Anomaly" segment by the engine's mask rule (the slider's call)."""
         from AnomalyDetectionMRML import update_segmentation
 
         return update_segmentation(mapNode, float(threshold), segmentationNode)
+
+    @staticmethod
+    def thresholdRange(mapNode):
+        """``(lowest, highest)`` value of the map inside its foreground: the threshold slider's range."""
+        from AnomalyDetectionMRML import threshold_range
+
+        return threshold_range(mapNode)
+
+    @staticmethod
+    def detectionReport(mapNode) -> Optional[Dict[str, Any]]:
+        """The report the detection left on ``mapNode`` (None for a map this module did not make)."""
+        from AnomalyDetectionMRML import detection_report
+
+        return detection_report(mapNode)
+
+    @staticmethod
+    def hasForeground(mapNode) -> bool:
+        """Whether the map node references the foreground its detection scored (metrics then count inside it)."""
+        from AnomalyDetectionMRML import foreground_node
+
+        return foreground_node(mapNode) is not None
 
     # ------------------------------------------------------------------------ evaluation
 
@@ -989,29 +984,15 @@ class AnomalyDetectionLogic(ScriptedLoadableModuleLogic):
                  tableNode=None, plotChartNode=None, mask=None):
         """Metrics table, Dice-vs-threshold chart and metrics dict of ``mapNode`` against one segment.
 
-        ``mask`` (the detection's brain mask) restricts the voxels that count, as in the engine's
-        demo and benchmark; without it every voxel of the map's grid counts.
+        Metrics count inside the foreground the map's detection scored (the node reference survives
+        saving and reloading the scene), as in the engine's demo and benchmark; ``mask`` gives another
+        region (a volume node or image), ``mask=False`` the whole grid.
         """
         self.setupPythonRequirements()
         from AnomalyDetectionMRML import evaluate_nodes
 
-        kwargs = {"mask": mask} if mask is not None else {}
         return evaluate_nodes(mapNode, referenceSegmentationNode, segmentID, float(threshold),
-                              table_node=tableNode, plot_chart_node=plotChartNode, **kwargs)
-
-    @staticmethod
-    def showTableAndPlot(tableNode, plotChartNode) -> None:
-        """Switch to a layout with a table and a plot view and show the two nodes there."""
-        layoutManager = slicer.app.layoutManager()
-        if layoutManager is None:  # no main window: nothing to show
-            return
-        layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
-        applicationLogic = slicer.app.applicationLogic()
-        selectionNode = applicationLogic.GetSelectionNode()
-        selectionNode.SetActiveTableID(tableNode.GetID())
-        applicationLogic.PropagateTableSelection()
-        selectionNode.SetActivePlotChartID(plotChartNode.GetID())
-        applicationLogic.PropagatePlotChartSelection()
+                              table_node=tableNode, plot_chart_node=plotChartNode, mask=mask)
 
     # ----------------------------------------------------------------- segment editor
 
@@ -1127,7 +1108,7 @@ class AnomalyDetectionTest(ScriptedLoadableModuleTest):
         scan, reference = logic.loadSample()
 
         self.delayDisplay("Detecting anomalies (bundled model, CPU)")
-        outputs = logic.process(scan, model=DEFAULT_MODEL_NAME, device="cpu", showResult=False)
+        outputs = logic.process(scan, model=DEFAULT_MODEL, device="cpu", showResult=False)
         mapNode, segmentationNode = outputs.map_node, outputs.segmentation_node
         self.assertEqual(mapNode.GetImageData().GetDimensions(), scan.GetImageData().GetDimensions())
         self.assertTrue(_sameIJKToRAS(mapNode, scan), "the anomaly map is not on the input's grid")
@@ -1142,7 +1123,7 @@ class AnomalyDetectionTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Evaluating against the ground truth")
         threshold = float(outputs.report["threshold"])
         tableNode, chartNode, metrics = logic.evaluate(
-            mapNode, reference, reference.GetSegmentation().GetNthSegmentID(0), threshold, mask=outputs.foreground)
+            mapNode, reference, reference.GetSegmentation().GetNthSegmentID(0), threshold)
         self.assertIsNotNone(tableNode)
         self.assertIsNotNone(chartNode)
         self.assertGreater(metrics["dice"], 0.0)

@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 from AnomalyDetectionLib import Model, train
-from AnomalyDetectionLib.data import insert_blob, load_anatomy, random_normal_subject
+from AnomalyDetectionResearch.data import insert_blob, load_anatomy, random_normal_subject
 
 SPACING_MM = 3.0
 TINY = {"size": 64, "channels": (8, 16, 32, 32), "batch_size": 16, "learning_rate": 2e-3, "device": "cpu", "seed": 0}

@@ -15,21 +15,22 @@ import SimpleITK as sitk
 import torch
 
 from AnomalyDetectionLib import cli
-from AnomalyDetectionLib.data import brain_mask, insert_lesion, random_normal_subject
-from AnomalyDetectionLib.data.cases import BenchmarkCase, CaseSpec, SubjectSpec
 from AnomalyDetectionLib.errors import Cancelled, InputError, ModelError
-from AnomalyDetectionLib.evaluation.benchmark import (
+from AnomalyDetectionLib.models import Model, build_model
+from AnomalyDetectionLib.models.model_file import make_card
+from AnomalyDetectionLib.preprocessing import orientation_code
+from AnomalyDetectionLib.preprocessing.template import template_entry
+from AnomalyDetectionLib.scoring import scores_for
+from AnomalyDetectionResearch import cli as research_cli
+from AnomalyDetectionResearch.benchmark import (
     TARGETS,
     balanced_subset,
     format_table,
     run_benchmark,
     write_benchmark,
 )
-from AnomalyDetectionLib.models import Model, build_model
-from AnomalyDetectionLib.models.model_file import make_card
-from AnomalyDetectionLib.preprocessing import orientation_code
-from AnomalyDetectionLib.preprocessing.template import template_entry
-from AnomalyDetectionLib.scoring import scores_for
+from AnomalyDetectionResearch.data import brain_mask, insert_lesion, random_normal_subject
+from AnomalyDetectionResearch.data.cases import BenchmarkCase, CaseSpec, SubjectSpec
 
 RUN = {"device": "cpu", "batch_size": 32}
 
@@ -200,7 +201,7 @@ def test_cli_benchmark_end_to_end(tiny_vae, cases, tmp_path, monkeypatch, capsys
         chosen = balanced_subset([c.spec for c in cases], limit)
         return [c for c in cases if c.spec in chosen], len(chosen)
 
-    monkeypatch.setattr(cli, "_benchmark_cases", fake_cases)
+    monkeypatch.setattr(research_cli, "_benchmark_cases", fake_cases)
     out = tmp_path / "bench"
     code = cli.main(["benchmark", "--model", str(tiny_vae.path), "--score", "reconstruction", "combi",
                      "--output-dir", str(out), "--device", "cpu", "--limit", "2", "--quick", "-q"])
@@ -217,7 +218,7 @@ def test_cli_benchmark_end_to_end(tiny_vae, cases, tmp_path, monkeypatch, capsys
 
 
 def test_cli_benchmark_without_models(monkeypatch, capsys) -> None:
-    monkeypatch.setattr(cli, "bundled_model_paths", lambda: [])
+    monkeypatch.setattr(research_cli, "bundled_model_paths", lambda: [])
     assert cli.main(["benchmark", "-q"]) == 2
     assert "make models" in capsys.readouterr().err
 

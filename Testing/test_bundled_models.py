@@ -17,11 +17,11 @@ import SimpleITK as sitk
 
 from AnomalyDetectionLib import detect, evaluate, load_model
 from AnomalyDetectionLib.cli import main as cli_main
-from AnomalyDetectionLib.data import available_anatomy
 from AnomalyDetectionLib.models import bundled_model_paths
 from AnomalyDetectionLib.models.model_file import DEFAULT_MODEL
 from AnomalyDetectionLib.preprocessing import read_volume
 from AnomalyDetectionLib.scoring import scores_for
+from AnomalyDetectionResearch.data import available_anatomy
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "AnomalyDetection" / "Resources" / "Samples" / "brain_t1_tumour.nrrd"
@@ -80,9 +80,9 @@ def test_the_bundled_vae_finds_the_sample_tumour(sample_result, score, min_auroc
     reconstruction 0.96, 0.42): a retrained model that does clearly worse fails here."""
     if score == sample_result.report["score"]:
         result = sample_result
-    else:  # same scan and template: reuse the registration, as the demo does
+    else:  # same scan and template: reuse its preparation, as the demo does
         result = detect(str(SAMPLE), DEFAULT_MODEL, score=score, device="cpu",
-                        registration=sample_result.registration)
+                        reuse=sample_result.prepared)
     truth = read_volume(SAMPLE_TRUTH, allow_constant=True)
     metrics = evaluate([result.anomaly_map], [truth], [result.foreground],
                        thresholds=[result.report["threshold"]])["cases"][0]

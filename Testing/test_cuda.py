@@ -61,5 +61,5 @@ def test_training_on_cuda_gives_a_model_that_loads_and_runs_on_cpu(normal_volume
 def test_bundled_vae_on_cuda_matches_cpu(lesion_case, score) -> None:
     image, _ = lesion_case
     cpu = detect(image, "brain_t1_vae", score=score, device="cpu")
-    gpu = detect(image, "brain_t1_vae", score=score, device="cuda", registration=cpu.registration)
+    gpu = detect(image, "brain_t1_vae", score=score, device="cuda", reuse=cpu.prepared)
     assert_maps_agree(gpu.anomaly_map, cpu.anomaly_map, f"brain_t1_vae/{score}")

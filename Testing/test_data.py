@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from AnomalyDetectionLib.data import (
+from AnomalyDetectionLib.errors import InputError
+from AnomalyDetectionLib.preprocessing import anatomy as anatomy_module
+from AnomalyDetectionResearch.data import (
     ANATOMY,
     LESION_TYPES,
     anatomy_path,
@@ -21,9 +23,7 @@ from AnomalyDetectionLib.data import (
     load_anatomy,
     random_normal_subject,
 )
-from AnomalyDetectionLib.data import anatomy as anatomy_module
-from AnomalyDetectionLib.data import lesions as lesions_module
-from AnomalyDetectionLib.errors import InputError
+from AnomalyDetectionResearch.data import lesions as lesions_module
 
 SPACING = 4.0
 

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from AnomalyDetectionLib.experiments import run_experiment
-from AnomalyDetectionLib.experiments.cai2024 import (
+from AnomalyDetectionResearch.experiments import run_experiment
+from AnomalyDetectionResearch.experiments.cai2024 import (
     QUICK_LATENTS,
     gaussian_rate,
     knee_pick,

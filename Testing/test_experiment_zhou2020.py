@@ -7,10 +7,10 @@ import math
 
 import pytest
 
-from AnomalyDetectionLib.data.fashion_mnist import fashion_mnist_available
-from AnomalyDetectionLib.experiments import run_experiment
-from AnomalyDetectionLib.experiments.zhou2020 import QUICK_BETAS, energy_gain, ranking
 from AnomalyDetectionLib.scoring import SCORES
+from AnomalyDetectionResearch.data.fashion_mnist import fashion_mnist_available
+from AnomalyDetectionResearch.experiments import run_experiment
+from AnomalyDetectionResearch.experiments.zhou2020 import QUICK_BETAS, energy_gain, ranking
 
 
 @pytest.fixture(scope="module")

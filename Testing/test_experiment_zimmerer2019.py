@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from AnomalyDetectionLib.experiments import run_experiment
-from AnomalyDetectionLib.experiments.zimmerer2019 import (
+from AnomalyDetectionResearch.experiments import run_experiment
+from AnomalyDetectionResearch.experiments.zimmerer2019 import (
     PIXEL_SCORES,
     SAMPLE_TERMS,
     beta_to_scaling,

@@ -9,16 +9,17 @@ import math
 import numpy as np
 import pytest
 
-from AnomalyDetectionLib.cli import EXPERIMENT_NAMES, build_parser
-from AnomalyDetectionLib.data.fashion_mnist import (
+from AnomalyDetectionLib.cli import build_parser
+from AnomalyDetectionLib.errors import InputError
+from AnomalyDetectionResearch.cli import EXPERIMENT_NAMES
+from AnomalyDetectionResearch.data.fashion_mnist import (
     as_slices,
     fashion_mnist_available,
     load_fashion_mnist,
     paste_anomalies,
 )
-from AnomalyDetectionLib.errors import InputError
-from AnomalyDetectionLib.experiments import EXPERIMENTS, run_experiment
-from AnomalyDetectionLib.experiments.report import ExperimentReport, markdown_table
+from AnomalyDetectionResearch.experiments import EXPERIMENTS, run_experiment
+from AnomalyDetectionResearch.experiments.document import ExperimentReport, markdown_table
 
 
 def test_markdown_table_formats_numbers_and_missing_values():
@@ -52,8 +53,8 @@ def test_missing_fashion_mnist_is_a_clear_error(tmp_path):
 
 
 def test_an_experiment_without_fashion_mnist_says_that_part_was_skipped(tmp_path, monkeypatch):
-    from AnomalyDetectionLib.data.fashion_mnist import ENV_VAR
-    from AnomalyDetectionLib.experiments.images import fashion_mnist_skipped
+    from AnomalyDetectionResearch.data.fashion_mnist import ENV_VAR
+    from AnomalyDetectionResearch.experiments.images import fashion_mnist_skipped
 
     monkeypatch.setenv(ENV_VAR, str(tmp_path))  # an empty folder: the data set is not there
     report = ExperimentReport("demo", "A demo report")

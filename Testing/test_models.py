@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from AnomalyDetectionLib.catalog import resolve_model_path
 from AnomalyDetectionLib.errors import ModelError
 from AnomalyDetectionLib.models import build_model, load_model, make_card, save_model
-from AnomalyDetectionLib.models.model_file import FORMAT, FORMAT_VERSION, resolve_model_path
+from AnomalyDetectionLib.models.model_file import FORMAT, FORMAT_VERSION
 
 
 @pytest.mark.parametrize("arch", ["vae", "ae"])

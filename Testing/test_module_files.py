@@ -28,8 +28,11 @@ UI_FILE = MODULE_DIR / "Resources" / "UI" / "AnomalyDetection.ui"
 CMAKE_FILE = MODULE_DIR / "CMakeLists.txt"
 PACKAGES = ("AnomalyDetectionLib", "AnomalyDetectionMRML")
 RESOURCE_FOLDERS = ("Models", "Samples", "UI", "Icons")
+REQUIREMENTS_FILE = MODULE_DIR / "Resources" / "requirements.txt"
 #: Imports that must stay inside functions: they need torch, which Slicer installs on first use.
-LAZY_ONLY = {"torch", "monai", *PACKAGES}
+LAZY_ONLY = {"torch", "monai", "sklearn", "scipy", "nilearn", "AnomalyDetectionMRML"}
+#: The engine's torch-free front door: the only engine modules the module file imports at module level.
+FRONT_DOOR = {"AnomalyDetectionLib.catalog", "AnomalyDetectionLib.dependencies", "AnomalyDetectionLib.errors"}
 #: Third-party packages that Slicer's Python ships (the engine may import them at module level).
 SHIPPED_WITH_SLICER = {"numpy", "SimpleITK", "vtk", "vtkmodules", "slicer"}
 
@@ -44,17 +47,6 @@ def ui_root() -> ET.Element:
 
 def ui_widgets() -> Dict[str, ET.Element]:
     return {w.get("name"): w for w in ui_root().iter("widget")}
-
-
-def module_constant(name: str):
-    """The literal value assigned to ``name`` at the module's top level."""
-    for node in module_tree().body:
-        targets = node.targets if isinstance(node, ast.Assign) else []
-        if isinstance(node, ast.AnnAssign):
-            targets = [node.target]
-        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
-            return ast.literal_eval(node.value)
-    raise AssertionError(f"{MODULE_FILE.name} assigns no literal to {name}")
 
 
 def cmake_list(variable: str) -> List[str]:
@@ -145,7 +137,7 @@ def test_every_package_file_is_listed_and_every_listed_file_exists():
     expected_resources = {
         p.relative_to(MODULE_DIR).as_posix()
         for folder in RESOURCE_FOLDERS for p in (MODULE_DIR / "Resources" / folder).rglob("*") if p.is_file()
-    }
+    } | {REQUIREMENTS_FILE.relative_to(MODULE_DIR).as_posix()}
     assert not expected_scripts - set(scripts), (
         f"not in MODULE_PYTHON_SCRIPTS: {sorted(expected_scripts - set(scripts))}")
     assert not expected_resources - set(resources), (
@@ -196,6 +188,21 @@ def import_time_imports(tree: ast.Module) -> Set[str]:
 def test_module_imports_no_torch_or_engine_at_import_time():
     eager = import_time_imports(module_tree()) & LAZY_ONLY
     assert not eager, f"AnomalyDetection.py imports {sorted(eager)} at module level; import them inside functions"
+    engine = {node.module for node in module_tree().body
+              if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("AnomalyDetectionLib")}
+    assert engine and engine <= FRONT_DOOR, f"module-level engine imports beyond the front door: {engine - FRONT_DOOR}"
+
+
+def test_front_door_and_mrml_layer_import_without_torch():
+    """What the module imports before the first-use install, and the MRML layer, load no torch (a subprocess:
+    this test session has torch loaded already)."""
+    import subprocess
+
+    code = ("import sys; import AnomalyDetectionLib.catalog, AnomalyDetectionLib.dependencies, "
+            "AnomalyDetectionLib.errors, AnomalyDetectionMRML, AnomalyDetectionLib.cli; "
+            "print(sorted(m for m in ('torch', 'monai', 'sklearn', 'scipy', 'nilearn') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
 
 
 def test_lazy_import_check_sees_module_level_imports():
@@ -212,14 +219,21 @@ def pyproject_dependencies() -> Dict[str, str]:
     return {Requirement(r).name.lower(): r for r in project["dependencies"]}
 
 
+def first_use_requirements() -> List[str]:
+    from AnomalyDetectionLib.dependencies import read_requirements
+
+    return read_requirements(REQUIREMENTS_FILE)
+
+
 def test_first_use_requirements_are_the_engine_dependency_ranges():
-    """Slicer installs by pyproject's ranges (its Python may be 3.9), torch first."""
-    requirements = module_constant("REQUIREMENTS")
-    assert list(requirements)[0] == "torch", "torch must be installed first (monai would pull a default build)"
+    """Slicer installs by pyproject's ranges (its Python may be 3.9), torch first, from the one file it ships."""
+    requirements = first_use_requirements()
+    assert Requirement(requirements[0]).name == "torch", "torch first: monai would pull a default build"
     dependencies = pyproject_dependencies()
-    for requirement in requirements.values():
+    for requirement in requirements:
         package = Requirement(requirement).name.lower()
         assert dependencies.get(package) == requirement, f"{requirement} differs from pyproject.toml"
+    assert "REQUIREMENTS_FILE" in MODULE_FILE.read_text(encoding="utf-8")
 
 
 def test_pinned_versions_lie_within_the_dependency_ranges():
@@ -247,22 +261,11 @@ def engine_import_time_third_party() -> Set[str]:
 
 @pytest.mark.skipif(not hasattr(sys, "stdlib_module_names"), reason="needs Python 3.10+ to tell stdlib modules")
 def test_engine_imports_are_shipped_by_slicer_or_installed_on_first_use():
-    uncovered = engine_import_time_third_party() - SHIPPED_WITH_SLICER - set(module_constant("REQUIREMENTS"))
-    assert not uncovered, f"the engine imports {sorted(uncovered)}, which neither Slicer nor REQUIREMENTS provides"
+    from AnomalyDetectionLib.dependencies import IMPORT_NAMES
 
-
-def test_default_model_and_scores_match_the_engine():
-    model_file_path = MODULE_DIR / "AnomalyDetectionLib" / "models" / "model_file.py"
-    model_file = ast.parse(model_file_path.read_text(encoding="utf-8"))
-    engine_default = next(ast.literal_eval(n.value) for n in model_file.body if isinstance(n, ast.Assign)
-                          and any(getattr(t, "id", None) == "DEFAULT_MODEL" for t in n.targets))
-    assert module_constant("DEFAULT_MODEL_NAME") == engine_default
-    assert (MODULE_DIR / "Resources" / "Models" / f"{engine_default}.pt").is_file()
-
-    from AnomalyDetectionLib.scoring import SCORES, VARIATIONAL_ONLY
-
-    assert list(module_constant("SCORE_HELP")) == list(SCORES)
-    assert tuple(module_constant("VARIATIONAL_ONLY")) == tuple(VARIATIONAL_ONLY)
+    installed = {IMPORT_NAMES.get(Requirement(r).name, Requirement(r).name) for r in first_use_requirements()}
+    uncovered = engine_import_time_third_party() - SHIPPED_WITH_SLICER - installed
+    assert not uncovered, f"the engine imports {sorted(uncovered)}, which neither Slicer nor requirements.txt provides"
 
 
 def test_sample_data_files_exist():

@@ -20,16 +20,18 @@ vtk = pytest.importorskip("vtk")
 
 from vtkmodules.util.numpy_support import numpy_to_vtk, vtk_to_numpy  # noqa: E402
 
-from AnomalyDetectionLib import Cancelled, InputError, ModelError  # noqa: E402
+from AnomalyDetectionLib import Cancelled, Detector, InputError, ModelError  # noqa: E402
+from AnomalyDetectionLib.cli import main as cli_main  # noqa: E402
 from AnomalyDetectionLib.models import build_model, make_card, save_model  # noqa: E402
 from AnomalyDetectionMRML import (  # noqa: E402
     evaluate_nodes,
+    foreground_node,
     image_to_volume_node,
     node_array,
     process,
     process_folder,
     same_grid,
-    set_slice_layers,
+    threshold_range,
     update_segmentation,
     volume_node_to_image,
 )
@@ -41,8 +43,30 @@ SPACING = (1.1, 0.9, 2.3)
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
     torch.manual_seed(0)
-    model = build_model(make_card(arch="vae", size=32, channels=(4, 8, 8), latent_dim=6, name="tiny"))
-    return save_model(model, tmp_path_factory.mktemp("model") / "tiny.pt")
+    card = make_card(arch="vae", size=32, channels=(4, 8, 8), latent_dim=6, name="tiny")
+    # Small components are removed from the mask: the Slicer segment must follow the same rule.
+    card["postprocessing"] = {"smoothing": "none", "min_component_voxels": 4}
+    return save_model(build_model(card), tmp_path_factory.mktemp("model") / "tiny.pt")
+
+
+def run(volume, model, outputs=None, extra_scores=(), with_reconstruction=False, progress=None, cancel=None,
+        **choices):
+    """``process`` with a detector of ``model`` on the CPU (``choices``: its settings)."""
+    detector = Detector(model, device="cpu", **choices)
+    return process(volume, detector, outputs=outputs, extra_scores=extra_scores,
+                   with_reconstruction=with_reconstruction, progress=progress, cancel=cancel)
+
+
+def engine_mask(map_node, threshold: float, min_component_voxels: int = 4) -> np.ndarray:
+    """The engine's mask rule, written out here: map >= threshold inside the foreground, small
+    connected components (face connectivity, as SimpleITK's default) removed."""
+    from scipy import ndimage
+
+    inside = array_of(foreground_node(map_node)) > 0
+    flagged = (array_of(map_node) >= np.float32(threshold)) & inside
+    labels, count = ndimage.label(flagged)
+    sizes = ndimage.sum(flagged, labels, range(1, count + 1))
+    return np.isin(labels, [i + 1 for i, s in enumerate(sizes) if s >= min_component_voxels])
 
 
 def phantom(seed: int = 0) -> np.ndarray:
@@ -158,7 +182,7 @@ def test_node_to_image_geometry_and_copy(volume, scene):
 def test_process_outputs_on_input_grid(volume, scene, model_path):
     before_array, before_matrix = array_of(volume).copy(), matrix_of(volume)
     progress = []
-    outputs = process(volume, model_path, device="cpu", progress=lambda f, m: progress.append(f))
+    outputs = run(volume, model_path, progress=lambda f, m: progress.append(f))
 
     map_node = outputs.map_node
     assert map_node.GetName() == "scan anomaly map"
@@ -167,18 +191,20 @@ def test_process_outputs_on_input_grid(volume, scene, model_path):
     assert map_node.GetImageData().GetScalarType() == vtk.VTK_FLOAT
     assert map_node.GetDisplayNode() is not None and map_node.GetDisplayNode().GetColorNodeID()
     assert progress and progress[-1] == pytest.approx(1.0)
-    composite = slicer.vtkMRMLSliceCompositeNode()
-    scene.AddNode(composite)
-    assert set_slice_layers(volume, map_node, 0.4) == 1
-    assert (composite.GetBackgroundVolumeID(), composite.GetForegroundVolumeID()) == (volume.GetID(), map_node.GetID())
 
-    # the segmentation is the thresholded map, voxel for voxel, on the map's grid
+    # the scored region is a labelmap on the input grid that the map references (saved with the scene)
+    foreground = outputs.foreground_node
+    assert foreground.IsA("vtkMRMLLabelMapVolumeNode") and foreground_node(map_node) is foreground
+    np.testing.assert_array_equal(matrix_of(foreground), matrix_of(volume))
+    assert 0 < array_of(foreground).sum() < array_of(foreground).size
+
+    # the segmentation is the engine's mask: thresholded inside the foreground, small components gone
     threshold = outputs.report["threshold"]
     segmentation = outputs.segmentation_node
     assert segmentation.GetName() == "scan anomalies"
     segment_id = segmentation.GetSegmentation().GetSegmentIdBySegmentName("Anomaly")
-    expected = array_of(map_node) >= np.float32(threshold)
-    assert expected.any()
+    expected = engine_mask(map_node, threshold)
+    assert expected.any() and not np.array_equal(expected, array_of(map_node) >= np.float32(threshold))
     np.testing.assert_array_equal(export_segment(segmentation, segment_id, map_node), expected)
 
     # the input is untouched
@@ -186,8 +212,44 @@ def test_process_outputs_on_input_grid(volume, scene, model_path):
     np.testing.assert_array_equal(matrix_of(volume), before_matrix)
 
 
+def test_slicer_segment_is_the_mask_detect_writes(volume, scene, model_path, tmp_path):
+    """Slicer and the command line, same input, model and threshold: the same voxels, one for one."""
+    path = tmp_path / "scan.nrrd"
+    sitk.WriteImage(volume_node_to_image(volume), str(path))
+    values = array_of(run(volume, model_path).map_node)
+    threshold = float(np.percentile(values[values > 0], 97))
+    assert cli_main(["detect", str(path), "-o", str(tmp_path / "out"), "--model", str(model_path), "--device", "cpu",
+                     "--threshold", repr(threshold), "-q"]) == 0
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "scan_mask.nii.gz"))) > 0
+    outputs = run(volume, model_path, threshold=threshold)
+    segmentation = outputs.segmentation_node
+    segment_id = segmentation.GetSegmentation().GetSegmentIdBySegmentName("Anomaly")
+    shown = export_segment(segmentation, segment_id, outputs.map_node)
+    assert written.any() and written.sum() < written.size
+    np.testing.assert_array_equal(shown, written)
+    # and after moving the slider away and back, still the file's voxels
+    update_segmentation(outputs.map_node, threshold * 2.0, segmentation)
+    update_segmentation(outputs.map_node, threshold, segmentation)
+    np.testing.assert_array_equal(export_segment(segmentation, segment_id, outputs.map_node), written)
+
+
+def test_no_background_voxel_at_the_slider_minimum(volume, scene, model_path):
+    outputs = run(volume, model_path)
+    low, high = threshold_range(outputs.map_node)
+    inside = array_of(outputs.foreground_node) > 0
+    values = array_of(outputs.map_node)
+    assert low == pytest.approx(values[inside].min()) and high == pytest.approx(values[inside].max())
+    segmentation = outputs.segmentation_node
+    segment_id = segmentation.GetSegmentation().GetSegmentIdBySegmentName("Anomaly")
+    for threshold in (low, low - 1.0, 0.0):
+        update_segmentation(outputs.map_node, threshold, segmentation)
+        marked = export_segment(segmentation, segment_id, outputs.map_node)
+        assert not (marked & ~inside).any(), f"background marked at threshold {threshold}"
+        np.testing.assert_array_equal(marked, engine_mask(outputs.map_node, threshold))
+
+
 def test_threshold_change_updates_same_segment(volume, scene, model_path):
-    outputs = process(volume, model_path, device="cpu")
+    outputs = run(volume, model_path)
     segmentation = outputs.segmentation_node
     segment_id = segmentation.GetSegmentation().GetSegmentIdBySegmentName("Anomaly")
     count = scene.GetNumberOfNodes()
@@ -198,12 +260,12 @@ def test_threshold_change_updates_same_segment(volume, scene, model_path):
         assert segmentation.GetSegmentation().GetNumberOfSegments() == 1
         assert segmentation.GetSegmentation().GetSegmentIdBySegmentName("Anomaly") == segment_id
         np.testing.assert_array_equal(export_segment(segmentation, segment_id, outputs.map_node),
-                                      values >= np.float32(threshold))
+                                      engine_mask(outputs.map_node, threshold))
     assert scene.GetNumberOfNodes() == count
 
 
 def test_dice_against_reference_segmentation(volume, scene, model_path):
-    outputs = process(volume, model_path, device="cpu")
+    outputs = run(volume, model_path)
     values = array_of(outputs.map_node).copy()
     # reference: a box on the input grid, imported through Slicer's segmentation logic
     truth = np.zeros(SHAPE, dtype=np.uint8)
@@ -215,7 +277,7 @@ def test_dice_against_reference_segmentation(volume, scene, model_path):
     segment_id = reference.GetSegmentation().GetNthSegmentID(0)
 
     threshold = float(np.percentile(values[values > 0], 80))
-    table, chart, results = evaluate_nodes(outputs.map_node, reference, segment_id, threshold)
+    table, chart, results = evaluate_nodes(outputs.map_node, reference, segment_id, threshold, mask=False)
     predicted = values >= np.float32(threshold)
     by_hand = 2.0 * np.count_nonzero(predicted & (truth > 0)) / (np.count_nonzero(predicted) + np.count_nonzero(truth))
     assert results["dice"] == pytest.approx(by_hand, abs=1e-12)
@@ -231,33 +293,81 @@ def test_dice_against_reference_segmentation(volume, scene, model_path):
     assert curve.GetNumberOfRows() > 10 and series.GetYColumnName() == "Dice"
 
     count = scene.GetNumberOfNodes()
-    table2, chart2, results2 = evaluate_nodes(outputs.map_node, reference, segment_id, threshold * 1.1, table, chart)
+    table2, chart2, results2 = evaluate_nodes(outputs.map_node, reference, segment_id, threshold * 1.1, table, chart,
+                                              mask=False)
     assert (table2, chart2) == (table, chart) and chart.GetNthPlotSeriesNode(0) is series
     assert scene.GetNumberOfNodes() == count
     assert results2["threshold"] == pytest.approx(threshold * 1.1)
 
-    # restricted to the engine's foreground, as the demo evaluates inside the brain
-    inside = sitk.GetArrayViewFromImage(outputs.foreground) > 0
-    _, _, masked = evaluate_nodes(outputs.map_node, reference, segment_id, threshold, table, chart,
-                                  mask=outputs.foreground)
+    # by default restricted to the foreground the detection scored, as the demo evaluates inside the brain
+    inside = array_of(outputs.foreground_node) > 0
+    _, _, masked = evaluate_nodes(outputs.map_node, reference, segment_id, threshold, table, chart)
     p, t = predicted[inside], truth[inside] > 0
     assert masked["dice"] == pytest.approx(2.0 * np.count_nonzero(p & t) / (p.sum() + t.sum()), abs=1e-12)
     assert scene.GetNumberOfNodes() == count
 
 
+def read_mrb(path):
+    """A new scene read from a Slicer data bundle (a bare MRML scene needs a cache manager for it)."""
+    scene = slicer.vtkMRMLScene()
+    cache = slicer.vtkCacheManager()
+    cache.SetRemoteCacheDirectory(str(path.parent / "cache"))
+    io_manager = slicer.vtkDataIOManager()
+    io_manager.SetCacheManager(cache)
+    scene.SetCacheManager(cache)
+    scene.SetDataIOManager(io_manager)
+    assert scene.ReadFromMRB(str(path))
+    return scene
+
+
+def test_save_reload_evaluate_gives_the_same_numbers(volume, scene, model_path, tmp_path):
+    """Everything Evaluate and the threshold need is in the scene: a reloaded bundle gives the same metrics."""
+    outputs = run(volume, model_path)
+    truth = np.zeros(SHAPE, dtype=np.uint8)
+    truth[9:15, 10:17, 14:21] = 1
+    labelmap = add_volume(scene, truth, "truth", cls=slicer.vtkMRMLLabelMapVolumeNode)
+    reference = slicer.vtkMRMLSegmentationNode()
+    reference.SetName("reference")
+    scene.AddNode(reference)
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, reference)
+    segment_id = reference.GetSegmentation().GetNthSegmentID(0)
+    threshold = float(outputs.report["threshold"])
+    _, _, before = evaluate_nodes(outputs.map_node, reference, segment_id, threshold)
+    low_before = threshold_range(outputs.map_node)
+
+    bundle = tmp_path / "scene.mrb"
+    assert scene.WriteToMRB(str(bundle))
+    reloaded = read_mrb(bundle)
+    map_node = reloaded.GetFirstNodeByName("scan anomaly map")
+    reference_again = reloaded.GetFirstNodeByName("reference")
+    assert map_node is not None and reference_again is not None
+    assert foreground_node(map_node) is not None and foreground_node(map_node).GetName() == "scan foreground"
+    _, _, after = evaluate_nodes(map_node, reference_again, reference_again.GetSegmentation().GetNthSegmentID(0),
+                                 threshold)
+    assert after == pytest.approx(before, nan_ok=True)
+    assert threshold_range(map_node) == pytest.approx(low_before)
+    segmentation = reloaded.GetFirstNodeByName("scan anomalies")
+    update_segmentation(map_node, low_before[0], segmentation)  # the slider's minimum, after reloading
+    marked = export_segment(segmentation, segmentation.GetSegmentation().GetSegmentIdBySegmentName("Anomaly"),
+                            map_node)
+    assert not (marked & ~(array_of(foreground_node(map_node)) > 0)).any()
+
+
 def test_second_run_reuses_output_nodes(volume, scene, model_path):
-    first = process(volume, model_path, device="cpu", extra_scores=("reconstruction",), reconstruction=True)
-    assert first.extra_nodes["reconstruction"].GetName() == "scan reconstruction"
-    rebuilt = first.extra_nodes["reconstructed"]
-    assert rebuilt.GetName() == "scan reconstructed" and same_grid(volume, rebuilt)[0]
+    first = run(volume, model_path, score="combi", extra_scores=("reconstruction",), with_reconstruction=True)
+    assert first.score_nodes["reconstruction"].GetName() == "scan reconstruction"
+    rebuilt = first.reconstruction_node
+    assert rebuilt.GetName() == "scan reconstruction" and same_grid(volume, rebuilt)[0]
+    assert rebuilt is not first.score_nodes["reconstruction"]
     assert 0.0 <= node_array(rebuilt).min() and node_array(rebuilt).max() <= 1.0 and node_array(rebuilt).max() > 0
     count = scene.GetNumberOfNodes()
-    second = process(volume, model_path, device="cpu", threshold=0.0123, outputs=first,
-                     extra_scores=("reconstruction",), reconstruction=True)
+    second = run(volume, model_path, score="combi", threshold=0.0123, outputs=first,
+                 extra_scores=("reconstruction",), with_reconstruction=True)
     assert scene.GetNumberOfNodes() == count
     assert second.map_node is first.map_node and second.segmentation_node is first.segmentation_node
-    assert second.extra_nodes["reconstruction"] is first.extra_nodes["reconstruction"]
-    assert second.extra_nodes["reconstructed"] is rebuilt
+    assert second.foreground_node is first.foreground_node
+    assert second.score_nodes["reconstruction"] is first.score_nodes["reconstruction"]
+    assert second.reconstruction_node is rebuilt
     assert second.segmentation_node.GetSegmentation().GetNumberOfSegments() == 1
     assert second.report["threshold"] == pytest.approx(0.0123)
 
@@ -292,19 +402,19 @@ def test_bad_inputs_raise_and_leave_no_node(volume, scene, model_path, tmp_path)
 
     count = scene.GetNumberOfNodes()
     with pytest.raises(InputError, match="dynamic.*4D sequence of 2"):
-        process(proxy, model_path, device="cpu")
+        run(proxy, model_path)
     with pytest.raises(InputError, match="nothing loaded.*no image data"):
-        process(empty, model_path, device="cpu")
+        run(empty, model_path)
     with pytest.raises(InputError, match="colour photo"):
-        process(rgb, model_path, device="cpu")
+        run(rgb, model_path)
     with pytest.raises(InputError, match="no input volume"):
-        process(None, model_path, device="cpu")
+        run(None, model_path)
     with pytest.raises(ModelError, match="do not match the model card"):
-        process(volume, mismatched, device="cpu")
+        run(volume, mismatched)
     with pytest.raises(ModelError, match="unknown score"):
-        process(volume, model_path, score="magic", device="cpu")
+        run(volume, model_path, score="magic")
     with pytest.raises(Cancelled):
-        process(volume, model_path, device="cpu", cancel=lambda: True)
+        run(volume, model_path, cancel=lambda: True)
     assert scene.GetNumberOfNodes() == count
 
 
@@ -324,7 +434,7 @@ def test_process_folder_writes_maps_and_csv(tmp_path, model_path):
     sitk.WriteImage(truth, str(truths / "case_a_seg.nii.gz"))
     (inputs / "broken.nii.gz").write_bytes(b"not an image")
 
-    csv_path = process_folder(inputs, out, model=model_path, device="cpu", truth_dir=truths)
+    csv_path = process_folder(inputs, out, Detector(model_path, device="cpu"), truth_dir=truths)
     rows = {row["case"]: row for row in csv.DictReader(open(csv_path, encoding="utf-8"))}
     assert set(rows) == {"broken", "case_a", "case_b"}
     assert "cannot be read" in rows["broken"]["error"] and not rows["broken"]["threshold"]

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from AnomalyDetectionLib.data import (
+from AnomalyDetectionResearch.data import (
     LESION_TYPES,
     SPLIT_SEEDS,
     available_anatomy,
@@ -29,11 +29,11 @@ from AnomalyDetectionLib.data import (
     random_normal_subject,
     resample_isotropic,
 )
-from AnomalyDetectionLib.data import benchmark_cases as benchmark_module
-from AnomalyDetectionLib.data.cases import SPLITS, CaseSpec, SubjectSpec
+from AnomalyDetectionResearch.data import benchmark_cases as benchmark_module
+from AnomalyDetectionResearch.data.cases import SPLITS, CaseSpec, SubjectSpec
 
 # The package exports the function ``population``, which hides the module of the same name.
-population_module = importlib.import_module("AnomalyDetectionLib.data.population")
+population_module = importlib.import_module("AnomalyDetectionResearch.data.population")
 
 HAS_COLIN = {"colin27_ch2", "colin27_ch2bet"} <= set(available_anatomy())
 needs_colin = pytest.mark.skipif(not HAS_COLIN, reason="Colin27 (Debian mricron-data) is not installed")

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from AnomalyDetectionLib.data import available_anatomy, brain_mask, load_anatomy
 from AnomalyDetectionLib.errors import Cancelled, InputError
 from AnomalyDetectionLib.preprocessing.registration import (
     RegistrationResult,
@@ -24,6 +23,7 @@ from AnomalyDetectionLib.preprocessing.registration import (
     resample_to_input,
     resample_to_template,
 )
+from AnomalyDetectionResearch.data import available_anatomy, brain_mask, load_anatomy
 
 TOLERANCE_MM = 2.0
 

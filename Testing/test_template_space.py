@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from AnomalyDetectionLib.data import available_anatomy, brain_mask, load_anatomy
 from AnomalyDetectionLib.errors import ModelError
 from AnomalyDetectionLib.models import make_card
 from AnomalyDetectionLib.models.model_file import validate_card
 from AnomalyDetectionLib.preprocessing import foreground_image, prepare_volume, to_input_grid_image
 from AnomalyDetectionLib.preprocessing.template import load_template, template_entry
+from AnomalyDetectionResearch.data import available_anatomy, brain_mask, load_anatomy
 
 COARSE = template_entry(spacing_mm=3.0)
 

@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from AnomalyDetectionLib import detect, evaluate, load_model, write_detection
+from AnomalyDetectionLib import Detector, evaluate, load_model, write_detection
+from AnomalyDetectionLib.catalog import bundled_model_names
 from AnomalyDetectionLib.cli import TqdmProgress
 from AnomalyDetectionLib.evaluation import write_report
 from AnomalyDetectionLib.evaluation.figures import curves_figure, overview_figure
-from AnomalyDetectionLib.models import bundled_model_paths
 from AnomalyDetectionLib.preprocessing import read_volume
 from AnomalyDetectionLib.scoring import scores_for
 
@@ -43,24 +43,24 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     scan = read_volume(args.input)
     truth = read_volume(args.truth, allow_constant=True)
-    names = args.model or sorted((p.stem for p in bundled_model_paths()), key=lambda n: n != "brain_t1_vae")
+    names = args.model or bundled_model_names()
     print(f"input {args.input.name}: {scan.GetSize()} voxels of {tuple(round(s, 2) for s in scan.GetSpacing())} mm")
 
     rows = []
     curves: dict = {}  # "model score" -> ROC / PR / Dice curves, drawn together at the end
     thresholds: dict = {}
-    registration = None  # every bundled model shares one template: register once
+    prepared = None  # every bundled model shares one template: register once
     for name in names:
         model = load_model(name)
         for score in scores_for(model):
+            detector = Detector(model, score=score, device=args.device)
             stem = f"{args.input.name.split('.')[0]}_{model.name}_{score}"
             bar = TqdmProgress(f"{model.name} {score}")
             try:
-                result = detect(scan, model, score=score, device=args.device, name=args.input.name,
-                                progress=bar, registration=registration)
+                result = detector.detect(scan, name=args.input.name, progress=bar, reuse=prepared)
             finally:
                 bar.close()
-            registration = result.registration if model.card.get("template") else registration
+            prepared = result.prepared
             write_detection(args.output_dir / "maps", stem, result)
             overview_figure(scan, result.anomaly_map, result.mask, truth, args.output_dir / f"{stem}.png",
                             title=f"{args.input.name}: {model.name}, {score}")

@@ -22,9 +22,9 @@ from typing import List, Optional
 import numpy as np
 import SimpleITK as sitk
 
-from AnomalyDetectionLib.data.cases import CaseSpec, SubjectSpec
-from AnomalyDetectionLib.data.population import SPLIT_SEEDS, make_case
 from AnomalyDetectionLib.preprocessing import write_image_atomic
+from AnomalyDetectionResearch.data.cases import CaseSpec, SubjectSpec
+from AnomalyDetectionResearch.data.population import SPLIT_SEEDS, make_case
 
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "AnomalyDetection" / "Resources" / "Samples"
 SAMPLE_NAME = "brain_t1_tumour"

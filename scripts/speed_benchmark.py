@@ -25,13 +25,13 @@ import SimpleITK as sitk
 import torch
 
 from AnomalyDetectionLib import detect
-from AnomalyDetectionLib.data import load_anatomy
 from AnomalyDetectionLib.device import resolve_device
 from AnomalyDetectionLib.models.model_file import Model, build_model, make_card
 from AnomalyDetectionLib.preprocessing import prepare_volume
 from AnomalyDetectionLib.scoring import score_slices, scores_for
 from AnomalyDetectionLib.scoring.ensemble import default_members
 from AnomalyDetectionLib.scoring.slice_scores import energy_projection
+from AnomalyDetectionResearch.data import load_anatomy
 
 GRID = (182, 218, 182)  # the standard MNI152 1 mm grid (x, y, z)
 SIZE = 128

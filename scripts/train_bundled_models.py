@@ -33,8 +33,6 @@ from typing import Any, Dict, List
 import numpy as np
 
 from AnomalyDetectionLib.cli import TqdmProgress
-from AnomalyDetectionLib.data.generation import prepared_subjects
-from AnomalyDetectionLib.data.population import population
 from AnomalyDetectionLib.device import resolve_device
 from AnomalyDetectionLib.models import load_model, make_card, save_model
 from AnomalyDetectionLib.models.model_file import bundled_models_dir
@@ -42,6 +40,8 @@ from AnomalyDetectionLib.preprocessing.template import template_entry
 from AnomalyDetectionLib.progress import Progress
 from AnomalyDetectionLib.training import calibrate, train
 from AnomalyDetectionLib.training.latent_size import choose_latent_dim
+from AnomalyDetectionResearch.data.generation import prepared_subjects
+from AnomalyDetectionResearch.data.population import population
 
 DESCRIPTION = ("T1-weighted brain MRI, any orientation / voxel size / field of view, with or without skull: "
                "registered affinely to MNI152 2009a (1.5 mm), brain only. Trained on {n} generated normal "

@@ -1,7 +1,12 @@
-"""The ``anomaly-detection`` command: models, train, calibrate, detect, evaluate, benchmark, experiment.
+"""The ``anomaly-detection`` command: models, train, calibrate, detect, evaluate (+ research verbs).
 
 Every user error is one line on stderr naming the file and the problem, with exit code 2;
 ``detect`` on many inputs goes on past a bad one and reports it at the end.
+
+A verb imports only what it uses: this module's top level needs only the torch-free catalog, so
+``--help``, ``models`` and argument errors answer at once. Verbs of other installed packages
+(the research package's ``benchmark`` and ``experiment``) join through the entry-point group
+:data:`COMMAND_GROUP`, so the engine never imports them.
 """
 
 from __future__ import annotations
@@ -10,27 +15,39 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from tqdm import tqdm
-
-from .device import DEVICES, resolve_device
+from .catalog import (
+    ARCHITECTURES,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_PERCENTILE,
+    DEFAULT_TEMPLATE_SPACING_MM,
+    DEVICES,
+    SCORE_HELP,
+    SCORES,
+    SLICE_AXES,
+    SMOOTHING,
+    SUPPORTED_TEMPLATES,
+    bundled_model_paths,
+    bundled_models_dir,
+    calibrated_thresholds,
+    read_card_file,
+)
 from .errors import AnomalyDetectionError, InputError
-from .models import Model, bundled_model_paths, bundled_models_dir, load_model
-from .models.model_file import DEFAULT_MODEL, SLICE_AXES, load_model_file
-from .postprocessing import SMOOTHING, postprocessing_settings
-from .preprocessing.io import case_stem, expand_inputs
-from .preprocessing.template import DEFAULT_SPACING_MM, SUPPORTED_TEMPLATES, template_entry
-from .scoring import SCORES, check_score, scores_for
 from .version import __version__
 
 EXIT_USER_ERROR = 2
+#: Entry-point group through which other packages add verbs: ``name = "package.module:add_parser"``,
+#: where ``add_parser(subparsers)`` adds one sub-command whose ``func(args)`` returns an exit code.
+COMMAND_GROUP = "anomaly_detection.commands"
 
 
 class TqdmProgress:
     """A ``progress(fraction, message)`` callback drawing one tqdm bar."""
 
     def __init__(self, description: str, enabled: bool = True) -> None:
+        from tqdm import tqdm
+
         self.bar = tqdm(total=1000, desc=description, disable=not enabled, leave=False,
                         bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
 
@@ -48,13 +65,16 @@ def cmd_models(args: argparse.Namespace) -> int:
         print("no bundled models yet; train one with 'anomaly-detection train' and pass it with --model")
         return 0
     for path in paths:
-        model = load_model_file(path)
-        card = model.card
-        print(f"{model.name}  ({path})")
+        card = read_card_file(path) if path.is_file() else None
+        if card is None:  # no readable card beside it: the model file itself tells (this needs torch)
+            from .models import load_model_file
+
+            card = load_model_file(path).card
+        print(f"{card['name']}  ({path})")
         print(f"  {card['arch']}  latent {card['latent_dim']}  beta {card['beta']}  input {card['size']}x"
               f"{card['size']} {card['slice_axis']} slices, {card['orientation']}, foreground {card['foreground']}")
         print(f"  default score {card['default_score']}; calibrated thresholds: "
-              + (", ".join(f"{k} {v:.4g}" for k, v in model.thresholds.items()) or "none"))
+              + (", ".join(f"{k} {v:.4g}" for k, v in calibrated_thresholds(card).items()) or "none"))
         if card.get("description"):
             print(f"  {card['description']}")
         if args.verbose:
@@ -63,6 +83,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .device import resolve_device
+    from .preprocessing.io import expand_inputs
+    from .preprocessing.template import template_entry
     from .training import train
 
     resolve_device(args.device)
@@ -89,7 +112,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from .models import save_model
+    from .device import resolve_device
+    from .models import load_model, save_model
+    from .preprocessing.io import expand_inputs
     from .training import calibrate
 
     resolve_device(args.device)
@@ -110,15 +135,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from .detection import detect, write_detection
+    from .pipeline import Detector, write_detection
+    from .preprocessing.io import case_stem, expand_inputs
 
-    resolve_device(args.device)
-    model = load_model(args.model or _default_model())
-    params = _parse_params(args.param)
-    postprocessing = {"smoothing": args.smoothing, "smoothing_size": args.smoothing_size}
     threshold: Any = args.threshold if args.threshold == "auto" else _float(args.threshold, "--threshold")
-    check_score(model, args.score or model.card["default_score"], params)  # fail once, not per input
-    postprocessing_settings(model.card, postprocessing)
+    detector = Detector(args.model, score=args.score, threshold=threshold, score_params=_parse_params(args.param),
+                        postprocessing={"smoothing": args.smoothing, "smoothing_size": args.smoothing_size},
+                        device=args.device, batch_size=args.batch_size)  # fails once, not per input
     inputs = expand_inputs(args.inputs)
     output_dir = Path(args.output_dir)
     failures = 0
@@ -126,9 +149,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         stem = case_stem(path)
         bar = TqdmProgress(stem, enabled=not args.quiet)
         try:
-            result = detect(path, model, score=args.score, threshold=threshold, device=args.device,
-                            batch_size=args.batch_size, score_params=params, postprocessing=postprocessing,
-                            progress=bar)
+            result = detector.detect(path, progress=bar)
             write_detection(output_dir, stem, result)
         except AnomalyDetectionError as exc:
             failures += 1
@@ -171,98 +192,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_benchmark(args: argparse.Namespace) -> int:
-    from .evaluation.benchmark import format_table, run_benchmark, write_benchmark
-
-    resolve_device(args.device)
-    if args.limit is not None and args.limit < 1:
-        raise InputError(f"--limit must be at least 1, not {args.limit}")
-    models = [load_model(name) for name in args.model] if args.model else _bundled_models()
-    models, scores = _benchmark_scores(models, args.score)
-    cases, total = _benchmark_cases(args.quick, args.limit)
-    bar = TqdmProgress("benchmark", enabled=not args.quiet)
-    try:
-        report = run_benchmark(models, cases, scores, device=args.device, batch_size=args.batch_size,
-                               progress=bar, total=total)
-    finally:
-        bar.close()
-    paths = write_benchmark(report, args.output_dir)
-    print(format_table(report))
-    print(f"{report['n_cases']} cases in {report['seconds_total']:.0f} s; wrote "
-          + ", ".join(str(p) for p in paths.values()))
-    return 0
-
-
-#: The experiments, in the order ``experiment all`` runs them (kept here so --help needs no import).
-EXPERIMENT_NAMES = ("zimmerer2019", "zhou2020", "cai2024")
-
-
-def cmd_experiment(args: argparse.Namespace) -> int:
-    from .experiments import run_experiment
-
-    resolve_device(args.device)
-    names = list(EXPERIMENT_NAMES) if args.name == "all" else [args.name]
-    for name in names:
-        bar = TqdmProgress(name, enabled=not args.quiet)
-        command = " ".join(["anomaly-detection", "experiment", name] + (["--quick"] if args.quick else [])
-                           + ["--seed", str(args.seed), "--workers", str(args.workers)])
-        try:
-            paths = run_experiment(name, args.output_dir, quick=args.quick, device=args.device, seed=args.seed,
-                                   workers=args.workers, progress=bar, command=command)
-        finally:
-            bar.close()
-        print(f"{name}: wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
-
-
-def _bundled_models() -> List[Model]:
-    """Every bundled model, the default one first (the benchmark checks its targets on the first)."""
-    paths = sorted(bundled_model_paths(), key=lambda p: p.stem != DEFAULT_MODEL)
-    if not paths:
-        raise InputError("no bundled models found: build them with 'make models', or pass --model NAME_OR_PATH")
-    return [load_model(p) for p in paths]
-
-
-def _benchmark_scores(
-    models: List[Model], requested: Optional[Sequence[str]]
-) -> Tuple[List[Model], Optional[Dict[str, List[str]]]]:
-    """``(models, scores per model name)`` for ``--score``: each model runs the requested scores it
-    has (kl_grad is VAE-only), and a model with none of them is left out with a note."""
-    if not requested:
-        return models, None
-    kept: List[Model] = []
-    scores: Dict[str, List[str]] = {}
-    for model in models:
-        chosen = [s for s in dict.fromkeys(requested) if s in scores_for(model)]
-        if chosen:
-            kept.append(model)
-            scores[model.name] = chosen
-        else:
-            print(f"anomaly-detection: note: model {model.name} has none of the scores {', '.join(requested)}; "
-                  "left out", file=sys.stderr)
-    if not kept:
-        raise InputError(f"no model has the score(s) {', '.join(requested)}")
-    return kept, scores
-
-
-def _benchmark_cases(quick: bool, limit: Optional[int]) -> Tuple[Iterable[Any], int]:
-    """``(cases, number of cases)``: the generated benchmark cases, each made only when the run
-    reaches it, so the whole set never sits in memory."""
-    from .data.benchmark_cases import benchmark_case_specs, iter_benchmark_cases
-    from .evaluation.benchmark import balanced_subset
-
-    specs = balanced_subset(benchmark_case_specs(quick=quick), limit)
-    return iter_benchmark_cases(specs), len(specs)
-
-
-def _default_model() -> Path:
-    paths = bundled_model_paths()
-    if not paths:
-        raise InputError("no bundled model found: pass --model PATH (train one with 'anomaly-detection train' "
-                         "or rebuild the bundled ones with 'make models')")
-    return next((p for p in paths if p.stem == DEFAULT_MODEL), paths[0])
-
-
 def _float(text: str, option: str) -> float:
     try:
         return float(text)
@@ -291,6 +220,15 @@ def _channels(text: str) -> List[int]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
 
 
+def _plugin_commands() -> List[Callable[[Any], None]]:
+    """The ``add_parser`` functions other installed packages registered under :data:`COMMAND_GROUP`."""
+    from importlib.metadata import entry_points
+
+    found = entry_points()
+    group = found.select(group=COMMAND_GROUP) if hasattr(found, "select") else found.get(COMMAND_GROUP, [])
+    return [entry.load() for entry in sorted(group, key=lambda e: e.name)]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anomaly-detection", description=(
         "Unsupervised anomaly detection in medical volumes with models trained on normal scans only."))
@@ -305,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train a model on normal volumes and calibrate its thresholds")
     tr.add_argument("normal", nargs="+", help="normal volumes: files, folders or globs")
     tr.add_argument("--output", "-o", required=True, help="model file to write (.pt)")
-    tr.add_argument("--arch", choices=("vae", "ae"), default="vae")
+    tr.add_argument("--arch", choices=ARCHITECTURES, default="vae")
     tr.add_argument("--latent", type=int, default=None, help="latent dimension (default 128 for vae, 32 for ae)")
     tr.add_argument("--beta", type=float, default=1.0, help="KL weight of the (beta-)VAE")
     tr.add_argument("--size", type=int, default=128, help="in-plane slice size, a multiple of 16")
@@ -315,15 +253,16 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--foreground", choices=("otsu", "nonzero"), default="otsu")
     tr.add_argument("--template", choices=SUPPORTED_TEMPLATES, default=None,
                     help="train in this template's space: every volume is registered to it (as detect will)")
-    tr.add_argument("--template-spacing", type=float, default=DEFAULT_SPACING_MM,
+    tr.add_argument("--template-spacing", type=float, default=DEFAULT_TEMPLATE_SPACING_MM,
                     help="voxel size (mm) of the template space")
     tr.add_argument("--epochs", type=int, default=20)
-    tr.add_argument("--batch-size", type=int, default=32)
+    tr.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     tr.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     tr.add_argument("--val-fraction", type=float, default=0.2, help="fraction of volumes held out")
     tr.add_argument("--calibration", nargs="+", help="normal volumes to calibrate thresholds on "
                                                     "(default: the held-out volumes)")
-    tr.add_argument("--percentile", type=float, default=99.5, help="threshold percentile of normal voxels")
+    tr.add_argument("--percentile", type=float, default=DEFAULT_PERCENTILE,
+                    help="threshold percentile of normal voxels")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--resume", action="store_true", help="continue from OUTPUT.ckpt if present")
     tr.add_argument("--description", default="", help="training data description for the model card")
@@ -335,8 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("model", help="model file or bundled model name")
     ca.add_argument("normal", nargs="+", help="normal volumes not used in training: files, folders or globs")
     ca.add_argument("--output", "-o", help="model file to write (default: overwrite the given model file)")
-    ca.add_argument("--percentile", type=float, default=99.5, help="threshold percentile of normal voxels")
-    ca.add_argument("--batch-size", type=int, default=32)
+    ca.add_argument("--percentile", type=float, default=DEFAULT_PERCENTILE,
+                    help="threshold percentile of normal voxels")
+    ca.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     ca.add_argument("--device", choices=DEVICES, default="auto")
     ca.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     ca.set_defaults(func=cmd_calibrate)
@@ -345,14 +285,16 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("inputs", nargs="+", help="volumes: files, DICOM folders, folders of files or globs")
     de.add_argument("--output-dir", "-o", required=True)
     de.add_argument("--model", "-m", help="model file or bundled model name")
-    de.add_argument("--score", choices=SCORES, help="anomaly score (default: the model's)")
+    de.add_argument("--score", choices=SCORES, metavar="SCORE",
+                    help="anomaly score (default: the model's): " + "; ".join(
+                        f"{name}: {text}" for name, text in SCORE_HELP.items()).replace("%", "%%"))
     de.add_argument("--threshold", default="auto", help="'auto' (calibrated) or a number")
     de.add_argument("--param", action="append", metavar="KEY=VALUE",
                     help="score parameter, e.g. steps=20, alpha=1.0, lam=0.1, samples=4, members=reconstruction,combi")
     de.add_argument("--smoothing", choices=SMOOTHING, help="override the model's map smoothing")
     de.add_argument("--smoothing-size", type=float, help="median radius (voxels) or Gaussian sigma (mm)")
     de.add_argument("--device", choices=DEVICES, default="auto")
-    de.add_argument("--batch-size", type=int, default=32)
+    de.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     de.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     de.set_defaults(func=cmd_detect)
 
@@ -367,31 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     ev.set_defaults(func=cmd_evaluate)
 
-    be = sub.add_parser("benchmark", help="lesion benchmark: every model and score on generated cases with "
-                                          "ground truth; table, CSV/JSON report and figure")
-    be.add_argument("--model", "-m", nargs="+", action="extend", metavar="NAME_OR_PATH",
-                    help="models to benchmark (default: every bundled model, the default one first)")
-    be.add_argument("--score", nargs="+", action="extend", choices=SCORES,
-                    help="scores to run (default: every score each model has)")
-    be.add_argument("--quick", action="store_true", help="the small case set (a few minutes on a CPU)")
-    be.add_argument("--limit", type=int, help="run at most N cases, taken in turn from each lesion type and normal")
-    be.add_argument("--output-dir", "-o", default="benchmark-output")
-    be.add_argument("--device", choices=DEVICES, default="auto")
-    be.add_argument("--batch-size", type=int, default=32)
-    be.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    be.set_defaults(func=cmd_benchmark)
-
-    ex = sub.add_parser("experiment", help="rerun a paper's experiment; writes a Markdown/HTML report with tables "
-                                           "and figures under OUTPUT_DIR/NAME")
-    ex.add_argument("name", choices=[*EXPERIMENT_NAMES, "all"],
-                    help="zimmerer2019 (VAE scores), zhou2020 (beta sweep), cai2024 (AE latent size), or all")
-    ex.add_argument("--quick", action="store_true", help="tiny data, seconds: checks the code path, not the papers")
-    ex.add_argument("--output-dir", "-o", default="reports")
-    ex.add_argument("--device", choices=DEVICES, default="auto")
-    ex.add_argument("--seed", type=int, default=0)
-    ex.add_argument("--workers", type=int, default=0, help="processes preparing brain subjects in parallel")
-    ex.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    ex.set_defaults(func=cmd_experiment)
+    for add_parser in _plugin_commands():
+        add_parser(sub)
     return parser
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .catalog import DEVICES
 from .errors import DeviceError
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def resolve_device(device: str = "auto") -> torch.device:

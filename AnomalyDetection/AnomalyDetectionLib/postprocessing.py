@@ -8,11 +8,14 @@ valid for the post-processing they were calibrated with.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, Mapping, Optional
 
+import numpy as np
 import SimpleITK as sitk
 
-SMOOTHING = ("none", "median", "gaussian")
+from .catalog import SMOOTHING
+
 DEFAULT_POSTPROCESSING: Dict[str, Any] = {"smoothing": "median", "smoothing_size": 1.0, "min_component_voxels": 0}
 
 
@@ -53,3 +56,26 @@ def threshold_map(
         kept = sitk.RelabelComponent(sitk.ConnectedComponent(mask), minimumObjectSize=minimum)
         mask = sitk.Cast(kept > 0, sitk.sitkUInt8)
     return mask
+
+
+def sample_score(scores: np.ndarray, mask: Optional[np.ndarray] = None, top_fraction: float = 0.01) -> float:
+    """Mean of the top ``top_fraction`` of voxel scores inside the mask (at least one voxel).
+
+    One number per volume for "is this scan abnormal?": a small lesion moves the top percent a lot
+    but the mean of the whole volume hardly at all. NaN when the mask holds no voxel.
+    """
+    if not 0.0 < top_fraction <= 1.0:
+        raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
+    s = np.asarray(scores).ravel() if mask is None else np.asarray(scores)[_inside(scores, mask)]
+    if s.size == 0:
+        return math.nan
+    k = max(1, int(math.ceil(top_fraction * s.size - 1e-9)))
+    top = np.partition(s, s.size - k)[s.size - k:]
+    return float(np.mean(top, dtype=np.float64))
+
+
+def _inside(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.shape != np.shape(scores):
+        raise ValueError(f"scores have shape {np.shape(scores)} but the mask has shape {mask.shape}")
+    return mask > 0

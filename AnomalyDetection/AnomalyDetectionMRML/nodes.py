@@ -15,13 +15,14 @@ from typing import Optional, Tuple
 import numpy as np
 import SimpleITK as sitk
 import vtk
-from slicer import vtkMRMLScalarVolumeNode
+from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkOrientedImageData
 from vtkmodules.util.numpy_support import numpy_to_vtk, vtk_to_numpy
 
 from AnomalyDetectionLib.errors import InputError
 
 __all__ = [
-    "image_to_volume_node", "ijk_to_ras_from_image", "node_array", "same_grid", "volume_node_to_image",
+    "image_to_volume_node", "ijk_to_ras_from_image", "node_array", "oriented_image_like", "same_grid",
+    "volume_node_to_image",
 ]
 
 #: RAS <-> LPS: Slicer's patient coordinates are RAS, ITK's are LPS; the flip is its own inverse.
@@ -158,8 +159,10 @@ def image_to_volume_node(
     scene,
     name: str,
     node: Optional[vtkMRMLScalarVolumeNode] = None,
+    label: bool = False,
 ) -> vtkMRMLScalarVolumeNode:
-    """Put ``image`` into ``node`` (updated in place) or into a new scalar volume node added to ``scene``.
+    """Put ``image`` into ``node`` (updated in place) or into a new volume node added to ``scene``
+    (a labelmap volume node if ``label``).
 
     The IJK-to-RAS matrix is set exactly from the image's geometry, and the voxel type is kept
     (float32 maps stay float32, so thresholds mean the same in Slicer as in the engine).
@@ -169,7 +172,7 @@ def image_to_volume_node(
     if node is None:
         if scene is None:
             raise InputError(f"cannot create volume '{name}': no scene given")
-        node = vtkMRMLScalarVolumeNode()
+        node = vtkMRMLLabelMapVolumeNode() if label else vtkMRMLScalarVolumeNode()
         node.SetName(name)
         _set_volume(node, image_data, ijk_to_ras)
         scene.AddNode(node)
@@ -198,3 +201,15 @@ def same_grid(a, b) -> Tuple[bool, str]:
     if not np.allclose(na, nb, rtol=1e-6, atol=1e-6):
         return False, "IJK-to-RAS matrices differ"
     return True, ""
+
+
+def oriented_image_like(volume_node, scalar_type: int = vtk.VTK_UNSIGNED_CHAR) -> vtkOrientedImageData:
+    """An allocated (zero) oriented image on exactly the volume node's voxel grid."""
+    image = vtkOrientedImageData()
+    image.SetExtent(volume_node.GetImageData().GetExtent())
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    image.SetImageToWorldMatrix(matrix)
+    image.AllocateScalars(scalar_type, 1)
+    image.GetPointData().GetScalars().Fill(0)
+    return image

@@ -1,5 +1,6 @@
 """Evaluation of anomaly maps against ground truth: voxel/sample metrics and JSON/CSV reports."""
 
+from .against_truth import evaluate, evaluate_case, pair_cases, summarise, write_report
 from .metrics import (
     best_dice,
     dice,
@@ -11,7 +12,6 @@ from .metrics import (
     voxel_auprc,
     voxel_auroc,
 )
-from .report import evaluate, evaluate_case, pair_cases, summarise, write_report
 
 __all__ = [
     "best_dice", "dice", "dice_curve", "evaluate", "evaluate_case", "mean_curves", "pair_cases", "sample_auroc",

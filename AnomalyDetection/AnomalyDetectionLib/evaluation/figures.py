@@ -80,7 +80,7 @@ def _draw_row(axes: Sequence[Any], views: Mapping[str, Any], titles: Optional[Ma
             spine.set_visible(False)
 
 
-def _save(figure: Any, path: Union[str, os.PathLike[str]]) -> None:
+def save_figure(figure: Any, path: Union[str, os.PathLike[str]]) -> None:
     """Write ``figure`` as PNG through a temporary file, so a reader never sees half a picture."""
     from matplotlib import pyplot as plt
 
@@ -91,7 +91,7 @@ def _save(figure: Any, path: Union[str, os.PathLike[str]]) -> None:
         plt.close(figure)
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -114,7 +114,7 @@ def overview_figure(
     The slice is axial through the reference's (else the map's) centre of mass, so the lesion is in
     view. Returns the matplotlib figure; writes it to ``path`` when given.
     """
-    plt = _pyplot()
+    plt = pyplot()
     views, index = axial_slices(image, anomaly_map, mask, truth, slice_index)
     n_panels = sum(1 for p in PANELS if p[1] is None or views.get(p[1]) is not None)
     figure, axes = plt.subplots(1, n_panels, figsize=(3.2 * n_panels, 3.6), squeeze=False)
@@ -122,7 +122,7 @@ def overview_figure(
     figure.suptitle(f"{title} (axial slice {index})".strip())
     figure.tight_layout()
     if path is not None:
-        _save(figure, path)
+        save_figure(figure, path)
     return figure
 
 
@@ -135,7 +135,7 @@ def cases_figure(
     anomaly map and mask, all with the four panels so that rows line up; written to ``path``."""
     if not rows:
         raise ValueError("cases_figure needs at least one row")
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(len(rows), len(PANELS), figsize=(3.0 * len(PANELS), 3.0 * len(rows) + 0.5),
                                 squeeze=False)
     for i, (label, views) in enumerate(rows):
@@ -148,7 +148,7 @@ def cases_figure(
     if title:
         figure.suptitle(title)
     figure.tight_layout()
-    _save(figure, path)
+    save_figure(figure, path)
     return Path(path)
 
 
@@ -182,7 +182,7 @@ def curves_figure(
     """
     if not curves:
         raise ValueError("curves_figure needs at least one curve")
-    plt = _pyplot()
+    plt = pyplot()
     figure, (roc_axis, pr_axis, dice_axis) = plt.subplots(1, 3, figsize=(13.5, 4.4))
     labelled = len(curves) <= MAX_LABELLED_CURVES
     colours = plt.get_cmap("tab10")
@@ -225,5 +225,5 @@ def curves_figure(
     if title:
         figure.suptitle(title)
     figure.tight_layout()
-    _save(figure, path)
+    save_figure(figure, path)
     return Path(path)

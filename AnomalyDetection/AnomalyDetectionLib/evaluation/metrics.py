@@ -15,7 +15,8 @@ import math
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score
+
+from ..postprocessing import sample_score
 
 __all__ = [
     "best_dice", "dice", "dice_curve", "mean_curves", "sample_auroc", "sample_score", "threshold_curves",
@@ -58,6 +59,8 @@ def voxel_auroc(scores: np.ndarray, truth: np.ndarray, mask: Optional[np.ndarray
     n_pos = int(np.count_nonzero(t))
     if n_pos == 0 or n_pos == t.size:
         return math.nan
+    from sklearn.metrics import roc_auc_score  # imported on use: it costs a second at start-up
+
     return float(roc_auc_score(t, s))
 
 
@@ -70,6 +73,8 @@ def voxel_auprc(scores: np.ndarray, truth: np.ndarray, mask: Optional[np.ndarray
     s, t = _pair(scores, truth, mask)
     if not t.any():
         return math.nan
+    from sklearn.metrics import average_precision_score
+
     return float(average_precision_score(t, s))
 
 
@@ -150,22 +155,6 @@ def dice_curve(
     return np.where(denominator > 0, 2.0 * true_pos / np.maximum(denominator, 1), 1.0)
 
 
-def sample_score(scores: np.ndarray, mask: Optional[np.ndarray] = None, top_fraction: float = 0.01) -> float:
-    """Mean of the top ``top_fraction`` of voxel scores inside the mask (at least one voxel).
-
-    One number per volume for "is this scan abnormal?": a small lesion moves the top percent a lot
-    but the mean of the whole volume hardly at all. NaN when the mask holds no voxel.
-    """
-    if not 0.0 < top_fraction <= 1.0:
-        raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
-    s = _select(scores, mask, "scores")
-    if s.size == 0:
-        return math.nan
-    k = max(1, int(math.ceil(top_fraction * s.size - 1e-9)))
-    top = np.partition(s, s.size - k)[s.size - k:]
-    return float(np.mean(top, dtype=np.float64))
-
-
 def sample_auroc(sample_scores: Sequence[float], labels: Sequence[float]) -> float:
     """AUROC of per-volume scores against abnormal (``> 0``) / normal labels; NaN with a single class."""
     s = np.asarray(sample_scores, dtype=np.float64).ravel()
@@ -174,6 +163,8 @@ def sample_auroc(sample_scores: Sequence[float], labels: Sequence[float]) -> flo
         raise ValueError(f"{s.size} sample scores but {y.size} labels")
     if y.all() or not y.any():
         return math.nan
+    from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(y, s))
 
 

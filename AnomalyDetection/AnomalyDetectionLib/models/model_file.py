@@ -14,12 +14,14 @@ import datetime
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from ..atomic import atomic_output
+from ..catalog import ARCHITECTURES as CARD_ARCHITECTURES
+from ..catalog import DEFAULT_MODEL, SLICE_AXES, resolve_model_path
 from ..errors import ModelError
 from ..preprocessing.template import validate_template_entry
 from ..version import __version__
@@ -27,11 +29,10 @@ from .networks import ARCHITECTURES, build_network
 
 FORMAT = "anomaly-detection-model"
 FORMAT_VERSION = 1
-SLICE_AXES = ("axial", "coronal", "sagittal")
 FOREGROUND_METHODS = ("otsu", "nonzero", "template")
-MODEL_SUFFIX = ".pt"
-#: The bundled model ``detect`` uses when none is named: the brain T1 VAE (default score combi).
-DEFAULT_MODEL = "brain_t1_vae"
+assert set(CARD_ARCHITECTURES) == set(ARCHITECTURES), "catalog.ARCHITECTURES must list the networks' architectures"
+__all__ = ["DEFAULT_MODEL", "FORMAT", "FORMAT_VERSION", "Model", "build_model", "load_model", "load_model_file",
+           "make_card", "save_model", "validate_card"]
 
 #: Keys every card must have, and the type each must have.
 _REQUIRED = {
@@ -225,30 +226,9 @@ def load_model_file(path: Union[str, os.PathLike[str]]) -> Model:
     return model
 
 
-def bundled_models_dir() -> Path:
-    """``AnomalyDetection/Resources/Models``, where the extension ships its models."""
-    return Path(__file__).resolve().parents[2] / "Resources" / "Models"
-
-
-def bundled_model_paths() -> List[Path]:
-    folder = bundled_models_dir()
-    return sorted(folder.glob(f"*{MODEL_SUFFIX}")) if folder.is_dir() else []
-
-
-def resolve_model_path(name_or_path: Union[str, os.PathLike[str]]) -> Path:
-    """A model file path from a path or the name of a bundled model (file stem)."""
-    candidate = Path(name_or_path)
-    if candidate.is_file():
-        return candidate
-    for path in bundled_model_paths():
-        if path.stem == str(name_or_path):
-            return path
-    names = ", ".join(p.stem for p in bundled_model_paths()) or "none bundled yet"
-    raise ModelError(f"{name_or_path}: no such model file or bundled model (bundled: {names})")
-
-
-def load_model(model: Union[Model, str, os.PathLike[str]]) -> Model:
-    """A :class:`Model` from a model, a model file path or a bundled model's name."""
+def load_model(model: Union[None, Model, str, os.PathLike[str]] = None) -> Model:
+    """A :class:`Model` from a model, a model file path or a bundled model's name (``None``: the
+    default model), found by :func:`~AnomalyDetectionLib.catalog.resolve_model_path`'s one rule."""
     if isinstance(model, Model):
         return model
     return load_model_file(resolve_model_path(model))

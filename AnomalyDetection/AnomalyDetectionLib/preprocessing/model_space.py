@@ -40,6 +40,16 @@ def model_space(card: Mapping[str, Any]) -> Dict[str, Any]:
     return {key: card.get(key) for key in SPACE_KEYS}
 
 
+def registration_space(card: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+    """What a registration is done against: the card's template entry (None: no registration).
+
+    Two cards with the same template entry can share a scan's registration even where the rest
+    of their model space (slice size, intensity rule) differs.
+    """
+    template = card.get("template")
+    return dict(template) if template is not None else None
+
+
 @dataclass
 class PreparedVolume:
     """A volume in model space, with what is needed to go back to the input grid.
@@ -59,8 +69,24 @@ class PreparedVolume:
     name: str = "input"
 
     def fits(self, card: Mapping[str, Any]) -> bool:
-        """Whether this volume was prepared for the model space of ``card`` (so it can be reused)."""
+        """Whether this volume was prepared for the model space of ``card`` (so it can be reused as is)."""
         return self.space == model_space(card)
+
+    def registration_for(self, card: Mapping[str, Any]) -> Optional[RegistrationResult]:
+        """This volume's registration if a model of ``card`` can reuse it (same template), else None."""
+        if self.registration is None or self.space is None:
+            return None
+        mine = self.space.get("template")
+        return self.registration if mine is not None and dict(mine) == registration_space(card) else None
+
+    def same_input(self, image: sitk.Image) -> bool:
+        """Whether ``image`` is the volume this was prepared from (same object, or same grid and voxels)."""
+        if image is self.image:
+            return True
+        if (image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection()) != (
+                self.image.GetSize(), self.image.GetSpacing(), self.image.GetOrigin(), self.image.GetDirection()):
+            return False
+        return bool(np.array_equal(sitk.GetArrayViewFromImage(image), sitk.GetArrayViewFromImage(self.image)))
 
     def to_input_grid(self, model_space_image: sitk.Image, label: bool = False) -> sitk.Image:
         """An image on ``canonical``'s grid brought onto the input's exact grid (nearest neighbour if ``label``)."""

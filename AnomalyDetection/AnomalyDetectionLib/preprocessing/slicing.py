@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from typing import Sequence, Tuple
 
 import numpy as np
-import torch
-from torch.nn import functional as F
 
 #: Slice axis name -> axis of a (z, y, x) array of a canonically oriented volume.
 AXIS_INDEX = {"axial": 0, "coronal": 1, "sagittal": 2}
@@ -46,6 +44,10 @@ def plan_layout(shape_zyx: Sequence[int], spacing_zyx: Sequence[float], axis: st
 
 
 def _resize(stack: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
+    # torch's antialiased bilinear resize, imported on use: reading and writing volumes needs no torch.
+    import torch
+    from torch.nn import functional as F
+
     tensor = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[:, None]
     if tuple(tensor.shape[-2:]) != tuple(shape):
         tensor = F.interpolate(tensor, size=shape, mode="bilinear", align_corners=False, antialias=True)

@@ -7,7 +7,7 @@ same way on every machine from the offline template files:
 
 ``{"name": "mni152_t1", "spacing_mm": 1.5, "margin_mm": 6.0}``
 
-* the template T1 (a key of :data:`AnomalyDetectionLib.data.ANATOMY`) in the card's orientation;
+* the template T1 (a key of :data:`AnomalyDetectionLib.preprocessing.anatomy.ANATOMY`) in the card's orientation;
 * its brain mask, holes filled so that the ventricles count as brain (a lesion next to them must
   be scored, and the CSF inside the brain is normal anatomy the model learns);
 * a grid cropped to the brain's bounding box plus ``margin_mm`` and resampled to isotropic
@@ -24,14 +24,14 @@ from typing import Any, Dict, Mapping, Optional
 import numpy as np
 import SimpleITK as sitk
 
+from ..catalog import DEFAULT_TEMPLATE_SPACING_MM, SUPPORTED_TEMPLATES
 from ..errors import ModelError
+from .anatomy import brain_mask, load_anatomy
 from .orientation import to_canonical
 
-#: Template entry defaults: 1.5 mm keeps a 128-pixel axial slice at about the brain's width.
-DEFAULT_SPACING_MM = 1.5
+#: Template entry defaults (the spacing: see the catalog).
+DEFAULT_SPACING_MM = DEFAULT_TEMPLATE_SPACING_MM
 DEFAULT_MARGIN_MM = 6.0
-#: Templates with a brain mask this module knows how to build.
-SUPPORTED_TEMPLATES = ("mni152_t1",)
 
 
 @dataclass(frozen=True)
@@ -77,9 +77,6 @@ def load_template(entry: Mapping[str, Any], orientation: str = "LPS") -> Templat
 
 @functools.lru_cache(maxsize=4)
 def _build(name: str, spacing_mm: float, margin_mm: float, orientation: str) -> TemplateSpace:
-    # Imported here: the data package reads volumes through this package.
-    from ..data.anatomy import brain_mask, load_anatomy
-
     image = to_canonical(load_anatomy(name), orientation)
     brain = sitk.BinaryFillhole(to_canonical(brain_mask(name), orientation))
     grid = _cropped_grid(brain, spacing_mm, margin_mm)

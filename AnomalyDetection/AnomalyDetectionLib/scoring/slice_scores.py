@@ -123,4 +123,4 @@ SLICE_SCORES: Dict[str, SliceScore] = {
     "combi": combi,
     "energy_projection": energy_projection,
 }
-VARIATIONAL_ONLY = ("kl_grad", "elbo_grad", "combi")
+

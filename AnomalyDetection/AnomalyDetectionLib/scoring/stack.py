@@ -8,18 +8,19 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
+from ..catalog import SCORES, scores_for_card
 from ..errors import ModelError
 from ..models import Model
 from ..progress import Progress
 from .ensemble import combine, default_members
-from .slice_scores import SLICE_SCORES, VARIATIONAL_ONLY
+from .slice_scores import SLICE_SCORES
 
-SCORES = (*SLICE_SCORES, "ensemble")
+assert SCORES == (*SLICE_SCORES, "ensemble"), "catalog.SCORES must list the slice scores, then the ensemble"
 
 
 def scores_for(model: Model) -> List[str]:
     """Scores that apply to ``model`` (the gradient-of-KL family needs a VAE)."""
-    return [s for s in SCORES if model.is_variational or s not in VARIATIONAL_ONLY]
+    return scores_for_card(model.card)
 
 
 def check_score(model: Model, score: str, params: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
@@ -60,20 +61,6 @@ def _accepted(model: Model, score: str, params: Mapping[str, Any], strict: bool)
         if name in names and name not in accepted and model.card.get(key) is not None:
             accepted[name] = model.card[key]
     return accepted
-
-
-def score_batch(model: Model, x: torch.Tensor, score: str, **params: Any) -> torch.Tensor:
-    """``score`` of one batch ``x`` of shape ``(batch, 1, size, size)``, same shape out.
-
-    An uncalibrated ensemble normalises against this batch's own non-zero voxels.
-    """
-    checked = check_score(model, score, params)
-    if score != "ensemble":
-        return SLICE_SCORES[score](model.network, x, **checked)
-    maps = {m: SLICE_SCORES[m](model.network, x, **checked["member_params"][m]).cpu().numpy()
-            for m in checked["members"]}
-    fused = combine(maps, checked["normalisation"], _calibrated_stats(model), (x > 0).cpu().numpy())
-    return torch.from_numpy(fused).to(x.device)
 
 
 def _calibrated_stats(model: Model) -> Dict[str, Any]:

@@ -13,16 +13,13 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..detection import finalise_map, foreground_values, score_prepared
-from ..device import resolve_device
+from ..catalog import DEFAULT_BATCH_SIZE, DEFAULT_PERCENTILE
 from ..models import Model
-from ..postprocessing import postprocessing_settings
+from ..pipeline import Detector, foreground_values
 from ..preprocessing import foreground_image
 from ..progress import CancelCheck, Progress, ProgressCallback
-from ..scoring import SLICE_SCORES, check_score, combine, score_statistics, scores_for
+from ..scoring import SLICE_SCORES, check_score, score_statistics, scores_for
 from .dataset import VolumeInput, prepared_input, volume_name
-
-DEFAULT_PERCENTILE = 99.5
 
 
 def calibrate(
@@ -30,7 +27,7 @@ def calibrate(
     normal_volumes: Sequence[VolumeInput],
     percentile: float = DEFAULT_PERCENTILE,
     scores: Optional[Sequence[str]] = None,
-    batch_size: int = 32,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     device: str = "auto",
     max_voxels_per_volume: int = 500_000,
     seed: int = 0,
@@ -48,8 +45,8 @@ def calibrate(
     for score in scores:
         check_score(model, score)
     base_scores = sorted({m for s in scores for m in _members(model, s)}, key=list(SLICE_SCORES).index)
-    settings = postprocessing_settings(model.card)
-    model.to(resolve_device(device))
+    detectors = {s: Detector(model, score=s, device=device, batch_size=batch_size) for s in scores + base_scores}
+    settings = dict(detectors[scores[0]].settings.postprocessing)
     rng = np.random.default_rng(seed)
 
     per_volume: List[Dict[str, np.ndarray]] = []
@@ -61,26 +58,31 @@ def calibrate(
         maps = {}
         scoring = part.sub(0.2, 1.0)
         for k, score in enumerate(base_scores):
-            maps[score] = score_prepared(model, prepared, score, None, batch_size,
-                                         scoring.sub(k / len(base_scores), (k + 1) / len(base_scores)))
+            part_k = scoring.sub(k / len(base_scores), (k + 1) / len(base_scores))
+            maps[score] = detectors[score].score(prepared, part_k)
             slice_values[score].append(_subsample(maps[score][prepared.slice_foreground], max_voxels_per_volume, rng))
         per_volume.append(maps)
         prepared_volumes.append(prepared)
     stats = {s: score_statistics(np.concatenate(v)) for s, v in slice_values.items()}
 
-    thresholds: Dict[str, float] = {}
-    for score in scores:
-        values = []
-        for prepared, maps in zip(prepared_volumes, per_volume):
-            if score == "ensemble":
-                ensemble = check_score(model, score)
-                slice_map = combine({m: maps[m] for m in ensemble["members"]}, ensemble["normalisation"], stats)
-            else:
-                slice_map = maps[score]
-            foreground = foreground_image(prepared)
-            final = finalise_map(slice_map, prepared, foreground, settings)
-            values.append(_subsample(foreground_values(final, foreground), max_voxels_per_volume, rng))
-        thresholds[score] = float(np.percentile(np.concatenate(values), percentile))
+    # The ensemble brings its members onto one scale with the card's normal statistics: give the
+    # card the new ones while the ensemble's normal maps are made, exactly as detection will use them.
+    previous = model.card.get("calibration", {})
+    model.card["calibration"] = {**previous, "stats": stats}
+    try:
+        thresholds: Dict[str, float] = {}
+        for score in scores:
+            values = []
+            for prepared, maps in zip(prepared_volumes, per_volume):
+                detector = detectors[score]
+                slice_map = maps[score] if score in maps else detector.score(prepared, member_maps=maps)
+                foreground = foreground_image(prepared)
+                final = detector.anomaly_map(slice_map, prepared, foreground)
+                values.append(_subsample(foreground_values(final, foreground), max_voxels_per_volume, rng))
+            thresholds[score] = float(np.percentile(np.concatenate(values), percentile))
+    except BaseException:
+        model.card["calibration"] = previous
+        raise
 
     calibration = {
         "percentile": float(percentile),

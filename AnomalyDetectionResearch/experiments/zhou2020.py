@@ -15,16 +15,17 @@ from typing import Any, Dict, List, Mapping, Sequence
 
 import numpy as np
 
+from AnomalyDetectionLib.evaluation import metrics
+from AnomalyDetectionLib.models import Model
+from AnomalyDetectionLib.progress import Progress
+from AnomalyDetectionLib.scoring import SCORES
+
 from ..data.fashion_mnist import CLASSES, as_slices, load_fashion_mnist, paste_anomalies
-from ..evaluation import metrics
-from ..models import Model
-from ..progress import Progress
-from ..scoring import SCORES
 from .brain import case_maps, evaluate_brain, figure_cases, summary_row, train_brain_model
 from .context import ExperimentContext
+from .document import ExperimentReport
 from .images import fashion_mnist_skipped, fit_image_model, score_images
 from .plots import curve_figure, maps_figure
-from .report import ExperimentReport
 
 #: The beta sweep: five values over two orders of magnitude, centred on the plain VAE (beta 1).
 BETAS = (0.1, 0.3, 1.0, 3.0, 10.0)

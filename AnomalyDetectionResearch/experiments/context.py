@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..progress import Progress
+from AnomalyDetectionLib.progress import Progress
+
 from .brain import FULL, QUICK, BrainData, brain_data
 
 

@@ -26,7 +26,7 @@ from typing import Dict, NamedTuple, Optional, Union
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..preprocessing.io import read_volume
+from .io import read_volume
 
 #: Folder of Debian's ``mricron-data`` templates; a module attribute so tests can point it elsewhere.
 COLIN27_DIR = Path("/usr/share/mricron/templates")

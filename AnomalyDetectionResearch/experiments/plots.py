@@ -7,7 +7,7 @@ from typing import Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..evaluation.figures import _pyplot, _save
+from AnomalyDetectionLib.evaluation.figures import pyplot, save_figure
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -23,7 +23,7 @@ def curve_figure(
     marks: Optional[Mapping[str, float]] = None,
 ) -> None:
     """One line per entry of ``series`` over ``x``; ``marks`` draws labelled vertical lines (e.g. a rule's pick)."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(6.4, 4.2))
     for label, values in series.items():
         y = np.array([np.nan if v is None else float(v) for v in values])
@@ -39,7 +39,7 @@ def curve_figure(
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def maps_figure(
@@ -52,7 +52,7 @@ def maps_figure(
     Each case is ``(label, image 2D, truth 2D or None, {method: map 2D})``; every map is scaled to
     its own 99.5th percentile, since scores have different units and only their ranking matters.
     """
-    plt = _pyplot()
+    plt = pyplot()
     methods = list(cases[0][3]) if cases else []
     columns = 1 + len(methods)
     figure, axes = plt.subplots(len(cases), columns, figsize=(1.9 * columns, 2.0 * len(cases) + 0.4), squeeze=False)
@@ -76,4 +76,4 @@ def maps_figure(
     if title:
         figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-    _save(figure, path)
+    save_figure(figure, path)

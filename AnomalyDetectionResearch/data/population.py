@@ -33,7 +33,8 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .anatomy import available_anatomy, brain_mask, load_anatomy
+from AnomalyDetectionLib.preprocessing.anatomy import available_anatomy, brain_mask, load_anatomy
+
 from .cases import SPLITS, BenchmarkCase, CaseSpec, Subject, SubjectSpec
 from .lesions import insert_lesion, random_normal_subject
 

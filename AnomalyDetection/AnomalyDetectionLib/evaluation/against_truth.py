@@ -153,7 +153,7 @@ def _evaluate_case(
     return result
 
 
-def _mean_median(values: Sequence[Any]) -> Tuple[float, float]:
+def mean_median(values: Sequence[Any]) -> Tuple[float, float]:
     """Mean and median of the defined (not None, not NaN) values; NaN when there is none."""
     defined = [float(v) for v in values if v is not None and not math.isnan(float(v))]
     if not defined:
@@ -173,7 +173,7 @@ def summarise(cases: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     normal = [c for c in cases if not c["is_abnormal"]]
     summary: Dict[str, Any] = {"n_cases": len(cases), "n_abnormal": len(abnormal), "n_normal": len(normal)}
     for key in SUMMARY_METRICS:
-        summary[f"{key}_mean"], summary[f"{key}_median"] = _mean_median([c[key] for c in abnormal])
+        summary[f"{key}_mean"], summary[f"{key}_median"] = mean_median([c[key] for c in abnormal])
     summary["sample_auroc"] = metrics.sample_auroc(
         [c["sample_score"] for c in cases], [c["is_abnormal"] for c in cases]
     )

@@ -17,8 +17,9 @@ from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, T
 import SimpleITK as sitk
 import torch
 
-from ..preprocessing import PreparedVolume, prepare_volume
-from ..progress import CancelCheck, Progress, ProgressCallback
+from AnomalyDetectionLib.preprocessing import PreparedVolume, prepare_volume
+from AnomalyDetectionLib.progress import CancelCheck, Progress, ProgressCallback
+
 from .cases import SubjectSpec
 
 T = TypeVar("T")

@@ -27,8 +27,8 @@ from vtkmodules.util.numpy_support import vtk_to_numpy
 from AnomalyDetectionLib.errors import InputError
 from AnomalyDetectionLib.evaluation import evaluate_case, metrics
 
-from .nodes import volume_node_to_image
-from .outputs import ensure_segmentation_converters, oriented_image_like
+from .nodes import oriented_image_like, volume_node_to_image
+from .segmentation import ensure_segmentation_converters, foreground_node
 
 __all__ = ["CURVE_POINTS", "dice_curve_points", "evaluate_nodes", "segment_to_image"]
 
@@ -130,9 +130,11 @@ def evaluate_nodes(
 
     ``table_node``/``plot_chart_node`` from an earlier call are updated in place (the chart's
     curve table and series with them), so re-evaluating after moving the threshold adds no node.
-    ``mask`` (an image or volume node on the map's grid, > 0 inside, e.g.
-    :attr:`DetectionOutputs.foreground`) restricts the voxels that count, as the engine's demo
-    does with the brain mask; without it every voxel of the map's grid counts. The dict holds ``dice``,
+    ``mask`` (an image or volume node on the map's grid, > 0 inside) restricts the voxels that
+    count; by default it is the foreground the map's detection scored (referenced from the map
+    node, so a reloaded scene gives the same numbers), as the engine's demo and benchmark count
+    inside the brain. ``mask=False`` counts every voxel of the map's grid (a map made elsewhere
+    has no foreground, and then every voxel counts too). The dict holds ``dice``,
     ``best_dice``, ``best_threshold``, ``voxel_auroc``, ``voxel_auprc``, ``detected_volume_ml``,
     ``reference_volume_ml`` and ``threshold``.
     """
@@ -141,6 +143,10 @@ def evaluate_nodes(
         raise InputError(f"volume '{map_node.GetName()}' is not in a scene")
     anomaly_map = volume_node_to_image(map_node)
     truth = segment_to_image(reference_segmentation_node, segment_id, map_node, anomaly_map)
+    if mask is None:
+        mask = foreground_node(map_node)
+    elif mask is False:
+        mask = None
     if mask is not None and not isinstance(mask, sitk.Image):
         mask = volume_node_to_image(mask)
     case = evaluate_case(anomaly_map, truth, mask=mask, threshold=float(threshold), name=map_node.GetName())

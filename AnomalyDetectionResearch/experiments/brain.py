@@ -2,7 +2,7 @@
 
 Everything goes through the engine's own path (template registration, training with
 :func:`~AnomalyDetectionLib.training.train`, scoring and evaluation with
-:func:`~AnomalyDetectionLib.evaluation.benchmark.run_benchmark`), at a smaller scale than the
+:func:`~AnomalyDetectionResearch.benchmark.run_benchmark`), at a smaller scale than the
 bundled models so a sweep of several models fits a 2-core CPU: 3 mm template grid, 64-pixel
 slices, narrow networks. Training subjects come from the population's ``train`` split, cases
 from the benchmark's subjects, so they never share a subject or augmentation draw.
@@ -18,19 +18,19 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from AnomalyDetectionLib.catalog import DEFAULT_BATCH_SIZE
+from AnomalyDetectionLib.evaluation.figures import axial_slices
+from AnomalyDetectionLib.models import Model, make_card
+from AnomalyDetectionLib.pipeline import Detector
+from AnomalyDetectionLib.preprocessing import PreparedVolume
+from AnomalyDetectionLib.preprocessing.template import template_entry
+from AnomalyDetectionLib.progress import Progress
+from AnomalyDetectionLib.training import train
+
+from ..benchmark import run_benchmark
 from ..data import benchmark_case_specs, make_case, population
 from ..data.cases import BenchmarkCase, CaseSpec
 from ..data.generation import prepared_subjects
-from ..detection import finalise_map, score_prepared
-from ..evaluation.benchmark import run_benchmark
-from ..evaluation.figures import axial_slices
-from ..models import Model, make_card
-from ..postprocessing import postprocessing_settings
-from ..preprocessing import PreparedVolume, prepare_volume
-from ..preprocessing.model_space import foreground_image
-from ..preprocessing.template import template_entry
-from ..progress import Progress
-from ..training import train
 
 
 @dataclass(frozen=True)
@@ -152,23 +152,20 @@ def figure_cases(data: BrainData, count: int = 3) -> List[BenchmarkCase]:
     return chosen[:count]
 
 
-def case_maps(case: BenchmarkCase, methods: Sequence[Tuple[str, Model, str]], batch_size: int = 32
+def case_maps(case: BenchmarkCase, methods: Sequence[Tuple[str, Model, str]], batch_size: int = DEFAULT_BATCH_SIZE
               ) -> Tuple[np.ndarray, Optional[np.ndarray], Dict[str, np.ndarray]]:
     """The axial slice through the lesion of ``case``: image, truth, and each method's map, on the native grid.
 
     ``methods`` are ``(label, model, score)``; models sharing a template share one registration.
     """
-    prepared: Dict[str, PreparedVolume] = {}
+    prepared: Optional[PreparedVolume] = None
     maps: Dict[str, np.ndarray] = {}
     image_view: Optional[np.ndarray] = None
     truth_view: Optional[np.ndarray] = None
     for label, model, score in methods:
-        key = str(model.card.get("template"))
-        if key not in prepared:
-            prepared[key] = prepare_volume(case.image, model.card, case.name)
-        volume = prepared[key]
-        slice_maps = score_prepared(model, volume, score, None, batch_size)
-        anomaly_map = finalise_map(slice_maps, volume, foreground_image(volume), postprocessing_settings(model.card))
+        result = Detector(model, score=score, batch_size=batch_size).detect(case.image, name=case.name,
+                                                                            reuse=prepared)
+        prepared, anomaly_map = result.prepared, result.anomaly_map
         views, _ = axial_slices(case.image, anomaly_map, None, case.truth)
         maps[label] = np.asarray(views["anomaly_map"], dtype=np.float32)
         image_view, truth_view = views["image"], views["truth"]

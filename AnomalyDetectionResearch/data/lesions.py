@@ -31,7 +31,7 @@ from monai.transforms import RandAdjustContrast, RandBiasField, RandGaussianNois
 from scipy.spatial.transform import Rotation
 from scipy.special import erfc
 
-from ..errors import InputError
+from AnomalyDetectionLib.errors import InputError
 
 SeedLike = Union[int, np.random.Generator]
 RangeLike = Union[float, Tuple[float, float]]

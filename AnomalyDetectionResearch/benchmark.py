@@ -28,22 +28,22 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..detection import UNCALIBRATED_PERCENTILE, _choose_threshold, finalise_map, score_prepared
-from ..device import resolve_device
-from ..errors import InputError
-from ..models import Model
-from ..postprocessing import postprocessing_settings, threshold_map
-from ..preprocessing import foreground_image, prepare_volume
-from ..preprocessing.io import write_text_atomic
-from ..progress import CancelCheck, Progress, ProgressCallback
-from ..scoring import SCORES, check_score, scores_for
-from ..version import __version__
-from . import metrics
-from .figures import axial_slices, cases_figure, curves_figure
-from .report import _mean_median, csv_text, evaluate_case, plain_json
+from AnomalyDetectionLib.catalog import UNCALIBRATED_PERCENTILE
+from AnomalyDetectionLib.device import resolve_device
+from AnomalyDetectionLib.errors import InputError
+from AnomalyDetectionLib.evaluation import metrics
+from AnomalyDetectionLib.evaluation.against_truth import csv_text, evaluate_case, mean_median, plain_json
+from AnomalyDetectionLib.evaluation.figures import axial_slices, cases_figure, curves_figure
+from AnomalyDetectionLib.models import Model
+from AnomalyDetectionLib.pipeline import Detector
+from AnomalyDetectionLib.postprocessing import postprocessing_settings
+from AnomalyDetectionLib.preprocessing.io import write_text_atomic
+from AnomalyDetectionLib.progress import CancelCheck, Progress, ProgressCallback
+from AnomalyDetectionLib.scoring import SCORES, check_score, scores_for
+from AnomalyDetectionLib.version import __version__
 
 if TYPE_CHECKING:  # the data package (generators, templates) is only needed by whoever makes the cases
-    from ..data.cases import BenchmarkCase
+    from .data.cases import BenchmarkCase
 
 __all__ = [
     "TARGETS", "Target", "balanced_subset", "check_targets", "format_table", "format_target", "machine_info",
@@ -214,62 +214,58 @@ def _run_case(
     rows: List[Dict[str, Any]] = []
     curves: Dict[str, Any] = {}
     registrations: List[Dict[str, Any]] = []
-    registered: Dict[str, Any] = {}  # template entry -> registration of this case to it
+    earlier = None  # the case prepared for an earlier model: its registration is reused where it fits
     views: Optional[Dict[str, Any]] = None
     for m, (model, model_scores) in enumerate(plan):
         part = steps.sub(m / len(plan), (m + 1) / len(plan))
-        template = json.dumps(model.card.get("template"), sort_keys=True)
-        reused = registered.get(template) if model.card.get("template") is not None else None
-        started = time.perf_counter()
-        if reused is None:
-            prepared = prepare_volume(case.image, model.card, case.name, part.sub(0.0, 0.2))
-        else:  # same template as an earlier model: register once, as a user running both would not
-            prepared = prepare_volume(case.image, model.card, case.name, part.sub(0.0, 0.2), registration=reused)
-        foreground = foreground_image(prepared)
-        # A reused registration still counts in this model's time: ``detect`` with it alone would pay it.
-        prepare_s = time.perf_counter() - started + (reused.seconds if reused is not None else 0.0)
-        settings = postprocessing_settings(model.card)
-        registration = getattr(prepared, "registration", None)
-        if registration is not None:
-            registered[template] = registration
-            registrations.append({"case": case.name, "model": model.name, "reused": reused is not None,
-                                  **registration.to_report()})
-        computed: Dict[str, Tuple[np.ndarray, float]] = {}  # score -> (slice maps, seconds), for the ensemble
+        detectors = {score: Detector(model, score=score, batch_size=batch_size) for score in model_scores}
         members = check_score(model, "ensemble")["members"] if "ensemble" in model_scores else []
+        computed: Dict[str, Tuple[np.ndarray, float]] = {}  # member -> (slice maps, seconds), for the ensemble
+        prepared = None
         for s, score in enumerate(model_scores):
-            width = 0.8 / len(model_scores)
-            part.report(0.2 + s * width, f"{model.name} {score}")
-            scoring_started = time.perf_counter()
-            reused_maps = {m: computed[m][0] for m in members if m in computed} if score == "ensemble" else None
-            slice_maps = score_prepared(model, prepared, score, None, batch_size,
-                                        part.sub(0.2 + s * width, 0.2 + (s + 1) * width), reused_maps)
-            scored = time.perf_counter()
+            width = 1.0 / len(model_scores)
+            part.report(s * width, f"{model.name} {score}")
+            reused_maps = {k: computed[k][0] for k in members if k in computed} if score == "ensemble" else None
+            # The first score of a model prepares the case (reusing an earlier model's registration
+            # to the same template, as a user running both would not); the others reuse it.
+            result = detectors[score].detect(case.image, name=case.name, reuse=prepared or earlier,
+                                             progress=part.sub(s * width, (s + 1) / len(model_scores)).as_callback(),
+                                             cancel=steps.cancel, member_maps=reused_maps,
+                                             keep_slice_maps=score in members)
+            timings = result.report["timings"]
+            if prepared is None:
+                prepared = result.prepared
+                reused = earlier is not None and prepared.registration is not None and timings["register_s"] == 0.0
+                # A reused registration still counts in this model's time: ``detect`` alone would pay it.
+                prepare_s = timings["prepare_s"] + (prepared.registration.seconds if reused else 0.0)
+                registration = prepared.registration
+                if registration is not None:
+                    registrations.append({"case": case.name, "model": model.name, "reused": reused,
+                                          **registration.to_report()})
             if score in members:
-                computed[score] = (slice_maps, scored - scoring_started)
+                computed[score] = (result.slice_maps, timings["score_s"])
             # Members reused from this case still count: ``detect`` with the ensemble alone would run them.
-            scoring_s = scored - scoring_started + sum(computed[m][1] for m in (reused_maps or {}))
-            anomaly_map = finalise_map(slice_maps, prepared, foreground, settings)
-            del slice_maps
-            threshold, source, warnings = _choose_threshold(model, score, "auto", settings, anomaly_map, foreground)
-            mask = threshold_map(anomaly_map, threshold, foreground, settings)
-            finished = time.perf_counter()
-            row, curve = _case_row(case, anomaly_map, mask, threshold)
+            scoring_s = timings["score_s"] + sum(computed[k][1] for k in (reused_maps or {}))
+            row, curve = _case_row(case, result.anomaly_map, result.mask, result.report["threshold"])
             if curve is not None:
                 curves[f"{model.name} {score}"] = curve
+            source = result.report["threshold_source"]
             row.update({
                 "model": model.name, "score": score, "threshold_source": source,
                 "calibrated": source == "calibrated",
                 "prepare_s": round(prepare_s, 3), "score_s": round(scoring_s, 3),
-                "postprocess_s": round(finished - scored, 3),
-                "seconds": round(prepare_s + scoring_s + finished - scored, 3),
+                "postprocess_s": timings["postprocess_s"],
+                "seconds": round(prepare_s + scoring_s + timings["postprocess_s"], 3),
                 "registration_metric": None if registration is None else registration.metric,
                 "registration_brain_overlap": None if registration is None else registration.brain_overlap,
-                "warnings": (list(registration.warnings) if registration is not None else []) + warnings,
+                "warnings": result.report["warnings"],
             })
             rows.append(_ordered(row))
             if figure_for == (model.name, score):
-                views = _figure_views(case, anomaly_map, mask)
-        del prepared, foreground
+                views = _figure_views(case, result.anomaly_map, result.mask)
+            del result
+        earlier = earlier if prepared is None or prepared.registration is None else prepared
+        del prepared
     return rows, registrations, views, curves
 
 
@@ -340,7 +336,7 @@ def _figure_views(case: BenchmarkCase, anomaly_map: sitk.Image, mask: sitk.Image
 
 def _mean(values: Iterable[Any]) -> float:
     """Mean of the defined values (None and NaN left out); NaN when none is defined."""
-    return _mean_median(list(values))[0]
+    return mean_median(list(values))[0]
 
 
 def _groups(rows: Sequence[Dict[str, Any]]) -> Dict[Tuple[str, str], List[Dict[str, Any]]]:

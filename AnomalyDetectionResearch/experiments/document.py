@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
-from ..atomic import atomic_output
-from ..evaluation.report import plain_json
+from AnomalyDetectionLib.atomic import atomic_output
+from AnomalyDetectionLib.evaluation.against_truth import plain_json
 
 PathLike = Union[str, "os.PathLike[str]"]
 

@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from ..errors import InputError
+from AnomalyDetectionLib.errors import InputError
 
 DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
 ENV_VAR = "ANOMALY_DETECTION_FASHION_MNIST"

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from .anatomy import ANATOMY, anatomy_path, available_anatomy, brain_mask, load_anatomy, resample_isotropic
+from AnomalyDetectionLib.preprocessing.anatomy import (
+    ANATOMY,
+    anatomy_path,
+    available_anatomy,
+    brain_mask,
+    load_anatomy,
+    resample_isotropic,
+)
+
 from .benchmark_cases import benchmark_case_specs, iter_benchmark_cases
 from .fashion_mnist import CLASSES as FASHION_MNIST_CLASSES
 from .fashion_mnist import fashion_mnist_available, load_fashion_mnist

@@ -21,13 +21,14 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, Optional, Union
 
-from ..device import resolve_device
-from ..evaluation.benchmark import machine_info
-from ..progress import CancelCheck, Progress, ProgressCallback
-from ..version import __version__
+from AnomalyDetectionLib.device import resolve_device
+from AnomalyDetectionLib.progress import CancelCheck, Progress, ProgressCallback
+from AnomalyDetectionLib.version import __version__
+
+from ..benchmark import machine_info
 from . import cai2024, zhou2020, zimmerer2019
 from .context import ExperimentContext
-from .report import ExperimentReport
+from .document import ExperimentReport
 
 PathLike = Union[str, "os.PathLike[str]"]
 

@@ -23,7 +23,7 @@ SPLITS = ("train", "calibration", "benchmark")
 class SubjectSpec:
     """Everything that defines one generated normal subject, reproducibly.
 
-    ``anatomy`` is a key of :data:`AnomalyDetectionLib.data.ANATOMY` (the template it is made
+    ``anatomy`` is a key of :data:`AnomalyDetectionLib.preprocessing.anatomy.ANATOMY` (the template it is made
     from), ``skull`` whether the native image keeps the skull (only where the template has one),
     ``orientation`` the 3-letter DICOM code of its voxel axes, ``spacing`` its voxel size in mm.
     """

@@ -21,16 +21,17 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from AnomalyDetectionLib.evaluation import metrics
+from AnomalyDetectionLib.evaluation.figures import pyplot, save_figure
+from AnomalyDetectionLib.models import Model
+from AnomalyDetectionLib.progress import Progress
+
 from ..data.fashion_mnist import CLASSES, as_slices, load_fashion_mnist, paste_anomalies
-from ..evaluation import metrics
-from ..evaluation.figures import _pyplot, _save
-from ..models import Model
-from ..progress import Progress
 from .brain import case_maps, evaluate_brain, figure_cases, summary_row, train_brain_model
 from .context import ExperimentContext
+from .document import ExperimentReport
 from .images import fashion_mnist_skipped, fit_image_model, image_terms, score_images
 from .plots import curve_figure, maps_figure
-from .report import ExperimentReport
 
 #: The four pixel scores of the paper, in its order.
 PIXEL_SCORES = ("reconstruction", "kl_grad", "elbo_grad", "combi")
@@ -256,7 +257,7 @@ def _fashion_figure_cases(pasted: np.ndarray, truth: np.ndarray, maps: Mapping[s
 def _per_class_figure(path: Any, sample_rows: Sequence[Mapping[str, Any]],
                       pixel_rows: Sequence[Mapping[str, Any]]) -> None:
     """AUROC per held-out class: the loss terms (sample level) and the pixel scores, side by side."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.0), sharey=True)
     panels = ((axes[0], sample_rows, SAMPLE_TERMS, "sample level: loss terms"),
               (axes[1], pixel_rows, PIXEL_SCORES, "pixel level: pasted patches"))
@@ -273,7 +274,7 @@ def _per_class_figure(path: Any, sample_rows: Sequence[Mapping[str, Any]],
         axis.legend(fontsize=8, loc="best")
     axes[0].set_ylabel("AUROC")
     figure.tight_layout()
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def _fashion_section(context: ExperimentContext, report: ExperimentReport, data: FashionData,
@@ -480,7 +481,7 @@ def _brain_section(context: ExperimentContext, report: ExperimentReport, data: A
 
 def _bar_figure(path: Any, panels: Sequence[Tuple[str, Mapping[str, Tuple[float, float]]]]) -> None:
     """One panel per setting: AUROC and AUPRC bars per score, so the scores compare at a glance."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
     for axis, (title, values) in zip(axes[0], panels):
         names = list(values)
@@ -499,7 +500,7 @@ def _bar_figure(path: Any, panels: Sequence[Tuple[str, Mapping[str, Tuple[float,
         axis.grid(axis="y", alpha=0.3)
     axes[0][0].legend(fontsize=8)
     figure.tight_layout()
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def _overview(context: ExperimentContext, report: ExperimentReport) -> None:

@@ -13,13 +13,14 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from AnomalyDetectionLib.models import Model, build_model, make_card
+from AnomalyDetectionLib.models.networks import kl_divergence, reconstruction_loss
+from AnomalyDetectionLib.progress import Progress
+from AnomalyDetectionLib.scoring import score_slices
+from AnomalyDetectionLib.training import fit_network
+
 from ..data.fashion_mnist import fashion_mnist_available
-from ..models import Model, build_model, make_card
-from ..models.networks import kl_divergence, reconstruction_loss
-from ..progress import Progress
-from ..scoring import score_slices
-from ..training import fit_network
-from .report import ExperimentReport
+from .document import ExperimentReport
 
 
 def fashion_mnist_skipped(report: ExperimentReport) -> bool:

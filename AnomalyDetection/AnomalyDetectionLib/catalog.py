@@ -1,0 +1,152 @@
+"""The engine's front door without torch: constants, score names, model lookup and model cards.
+
+Why a module of its own: the Slicer module must start, fill its combo boxes and show a model's
+scores before PyTorch is installed, and ``anomaly-detection --help`` or ``models`` should answer
+in a fraction of a second. Everything here is plain Python (``json`` and ``pathlib``), so
+``import AnomalyDetectionLib.catalog`` costs nothing, and every front end reads the same values
+instead of keeping copies of them.
+
+Model lookup follows one rule (:func:`resolve_model_path`): an existing file path wins; otherwise
+the name of a bundled model (the file stem in :func:`bundled_models_dir`); otherwise a
+:class:`~AnomalyDetectionLib.errors.ModelError` listing the bundled names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+from .errors import ModelError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: The bundled model used when none is named.
+DEFAULT_MODEL = "brain_t1_vae"
+MODEL_SUFFIX = ".pt"
+#: A readable copy of a model file's card lies beside it: ``<name>.card.json`` next to ``<name>.pt``.
+CARD_SUFFIX = ".card.json"
+
+#: Every score, in the order tables and menus list them; ``ensemble`` combines others.
+SCORES = ("reconstruction", "kl_grad", "elbo_grad", "combi", "energy_projection", "ensemble")
+#: Scores that need a variational model (they differentiate its KL term).
+VARIATIONAL_ONLY = ("kl_grad", "elbo_grad", "combi")
+#: One sentence per score: what it measures and where it comes from (help texts and tooltips).
+SCORE_HELP: Dict[str, str] = {
+    "reconstruction": "Reconstruction error |x - x_hat| of each voxel: simple, fast, the baseline every paper "
+                      "compares against.",
+    "kl_grad": "Gradient of the KL term with respect to the input, |dKL/dx| (VAEs only): voxels that push the "
+               "scan's code away from normal anatomy (Zimmerer et al. 2019).",
+    "elbo_grad": "Gradient of the whole ELBO (reconstruction + KL) with respect to the input (VAEs only), in one "
+                 "backward pass (Zimmerer et al. 2019).",
+    "combi": "Reconstruction error times KL-gradient (VAEs only), the combination Zimmerer et al. 2019 found "
+             "best on brain MRI.",
+    "energy_projection": "Moves the scan towards normality by gradient steps on the reconstruction energy, "
+                         "score |x_0 - x_T|: sharper maps, about ten times slower (Dehaene et al. 2020, studied "
+                         "by Zhou et al. 2020).",
+    "ensemble": "Rank- or z-score-normalised average of several scores, more robust than any single score when "
+                "none is best for every lesion (Zhou et al. 2020).",
+}
+
+DEVICES = ("auto", "cpu", "cuda")
+#: Map filters of the post-processing (see :mod:`~AnomalyDetectionLib.postprocessing`).
+SMOOTHING = ("none", "median", "gaussian")
+SLICE_AXES = ("axial", "coronal", "sagittal")
+ARCHITECTURES = ("vae", "ae")
+#: Templates a model can work in (see :mod:`~AnomalyDetectionLib.preprocessing.template`).
+SUPPORTED_TEMPLATES = ("mni152_t1",)
+#: Template voxel size: 1.5 mm keeps a 128-pixel axial slice at about the brain's width.
+DEFAULT_TEMPLATE_SPACING_MM = 1.5
+
+#: Slices scored per network call.
+DEFAULT_BATCH_SIZE = 32
+#: Calibrated thresholds: this percentile of normal foreground voxels (a 0.5 % false-positive rate).
+DEFAULT_PERCENTILE = 99.5
+#: Percentile of the volume's own foreground scores used when a model has no calibrated threshold.
+UNCALIBRATED_PERCENTILE = 99.5
+
+
+def bundled_models_dir() -> Path:
+    """Where the shipped models are: inside an installed wheel or in the Slicer module's Resources.
+
+    A wheel carries them as ``AnomalyDetectionLib/resources/Models``; a source tree and a Slicer
+    extension keep them in ``AnomalyDetection/Resources/Models`` beside this package.
+    """
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "resources" / "Models", here.parent / "Resources" / "Models"):
+        if candidate.is_dir():
+            return candidate
+    return here.parent / "Resources" / "Models"
+
+
+def bundled_model_paths() -> List[Path]:
+    """The shipped model files, the default model first."""
+    folder = bundled_models_dir()
+    paths = sorted(folder.glob(f"*{MODEL_SUFFIX}")) if folder.is_dir() else []
+    return sorted(paths, key=lambda p: p.stem != DEFAULT_MODEL)
+
+
+def bundled_model_names() -> List[str]:
+    return [path.stem for path in bundled_model_paths()]
+
+
+def resolve_model_path(name_or_path: Optional[PathLike] = None) -> Path:
+    """The model file for a path or a bundled model's name (``None``: the default model).
+
+    The one lookup rule of the engine, the command line and the Slicer module: an existing file
+    wins, then a bundled model's name; anything else is a :class:`ModelError` naming the bundled
+    models.
+    """
+    name = DEFAULT_MODEL if name_or_path is None or str(name_or_path) == "" else name_or_path
+    candidate = Path(name)
+    if candidate.is_file():
+        return candidate
+    for path in bundled_model_paths():
+        if path.stem == str(name):
+            return path
+    names = ", ".join(bundled_model_names()) or "none bundled"
+    raise ModelError(f"{name}: no such model file or bundled model (bundled: {names})")
+
+
+def card_path(model_path: PathLike) -> Path:
+    """The readable card file that goes with a model file."""
+    path = Path(model_path)
+    stem = path.name[: -len(MODEL_SUFFIX)] if path.name.endswith(MODEL_SUFFIX) else path.name
+    return path.with_name(stem + CARD_SUFFIX)
+
+
+def read_card_file(model_path: PathLike) -> Optional[Dict[str, Any]]:
+    """The card beside ``model_path`` as a dict, or ``None`` if there is none (then only loading the
+    model file, which needs torch, tells its card). An unreadable card file is a :class:`ModelError`."""
+    path = card_path(model_path)
+    if not path.is_file():
+        return None
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: unreadable model card ({exc})") from None
+    if not isinstance(card, dict):
+        raise ModelError(f"{path}: the model card is not a JSON object")
+    return card
+
+
+def is_variational(card: Mapping[str, Any]) -> bool:
+    return card.get("arch") == "vae"
+
+
+def scores_for_card(card: Mapping[str, Any]) -> List[str]:
+    """The scores a model offers, in :data:`SCORES` order: the KL family only for a VAE."""
+    return [score for score in SCORES if is_variational(card) or score not in VARIATIONAL_ONLY]
+
+
+def default_score(card: Mapping[str, Any]) -> str:
+    """The card's default score (the first score it offers if the card names none it has)."""
+    scores = scores_for_card(card)
+    chosen = card.get("default_score")
+    return chosen if chosen in scores else scores[0]
+
+
+def calibrated_thresholds(card: Mapping[str, Any]) -> Dict[str, float]:
+    calibration = card.get("calibration") or {}
+    return {k: float(v) for k, v in (calibration.get("thresholds") or {}).items()}

@@ -1,0 +1,399 @@
+"""The one detector: settings -> prepare -> score -> map -> post-process -> threshold -> mask.
+
+Every caller that turns a scan into an anomaly map goes through :class:`Detector`: ``detect`` and
+the command line, the Slicer module and its batch call, calibration, the benchmark and the paper
+experiments. So a rule (how a threshold is chosen, what the mask is, when a registration may be
+reused) exists once, and a calibrated threshold means at detection time what it meant when it
+was calibrated.
+
+A detector is a model plus a frozen, validated :class:`DetectionSettings` (score, score
+parameters, threshold, post-processing, device, batch size), built once from the model card and
+the caller's overrides; layers pass the detector (or its settings) down, never a long list of
+arguments. Its steps are public, so a caller that needs only part of the chain (calibration
+scores normal volumes and sets its own thresholds; the benchmark keeps the slice maps of the
+ensemble's members) uses the same steps instead of repeating them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .catalog import DEFAULT_BATCH_SIZE, UNCALIBRATED_PERCENTILE
+from .device import resolve_device
+from .errors import InputError, ModelError
+from .models import Model, load_model
+from .postprocessing import postprocessing_settings, sample_score, smooth_map, threshold_map
+from .preprocessing import (
+    PreparedVolume,
+    foreground_image,
+    prepare_volume,
+    read_volume,
+    to_input_grid_image,
+    write_image_atomic,
+    write_text_atomic,
+)
+from .preprocessing.io import detection_paths
+from .preprocessing.registration import RegistrationResult
+from .progress import CancelCheck, Progress, ProgressCallback
+from .scoring import check_score, score_slices
+from .version import __version__
+
+ImageInput = Union[sitk.Image, str, "os.PathLike[str]"]
+ModelInput = Union[None, Model, str, "os.PathLike[str]"]
+
+__all__ = [
+    "DetectionResult", "DetectionSettings", "Detector", "detect", "foreground_values", "reconstruct",
+    "write_detection",
+]
+
+@dataclass(frozen=True)
+class DetectionSettings:
+    """What a detection does, checked against one model card; immutable once built.
+
+    Build it with :meth:`for_model`, which fills in the card's defaults (score, smoothing) and
+    refuses what the model cannot do, so an error comes before any scan is read.
+    """
+
+    score: str
+    score_params: Mapping[str, Any] = field(default_factory=dict)
+    threshold: Union[str, float] = "auto"
+    postprocessing: Mapping[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "score_params", MappingProxyType(dict(self.score_params)))
+        object.__setattr__(self, "postprocessing", MappingProxyType(dict(self.postprocessing)))
+
+    @classmethod
+    def for_model(
+        cls,
+        model: Model,
+        score: Optional[str] = None,
+        threshold: Union[str, float] = "auto",
+        score_params: Optional[Mapping[str, Any]] = None,
+        postprocessing: Optional[Mapping[str, Any]] = None,
+        device: str = "auto",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> DetectionSettings:
+        """Validated settings for ``model``: ``None`` means the card's choice.
+
+        ``threshold`` is ``"auto"`` (the card's calibrated threshold for the score) or a number;
+        ``postprocessing`` overrides single entries of the card's post-processing.
+        """
+        chosen = score or model.card["default_score"]
+        check_score(model, chosen, score_params)
+        if not (isinstance(threshold, str) and threshold == "auto"):
+            try:
+                threshold = float(threshold)
+            except (TypeError, ValueError):
+                raise ModelError(f"threshold {threshold!r} is neither 'auto' nor a number") from None
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch size must be a positive integer, not {batch_size!r}")
+        resolve_device(device)  # DeviceError now, not after the registration
+        return cls(score=chosen, score_params=dict(score_params or {}), threshold=threshold,
+                   postprocessing=postprocessing_settings(model.card, postprocessing), device=str(device),
+                   batch_size=batch_size)
+
+    def as_dict(self) -> Dict[str, Any]:
+        """Plain JSON-able values (the report's ``settings``)."""
+        return {"score": self.score, "score_params": dict(self.score_params), "threshold": self.threshold,
+                "postprocessing": dict(self.postprocessing), "device": self.device, "batch_size": self.batch_size}
+
+
+@dataclass
+class DetectionResult:
+    """Outputs of one detection, all on the input's grid."""
+
+    anomaly_map: sitk.Image
+    mask: sitk.Image
+    foreground: sitk.Image
+    report: Dict[str, Any] = field(default_factory=dict)
+    #: The input in the model's space, registration included: pass it as ``reuse=`` to another
+    #: detection of the same scan (another score or model) so the scan is prepared once.
+    prepared: Optional[PreparedVolume] = None
+    #: The score's slice maps before they were put back on the input grid (the ensemble's members
+    #: reuse them); None unless the detection was asked to keep them.
+    slice_maps: Optional[np.ndarray] = None
+
+    @property
+    def registration(self) -> Optional[RegistrationResult]:
+        """The input's registration to the model's template (None for a model without one)."""
+        return self.prepared.registration if self.prepared is not None else None
+
+
+def foreground_values(anomaly_map: sitk.Image, foreground: sitk.Image) -> np.ndarray:
+    """The map's values inside the foreground, as a flat array."""
+    return sitk.GetArrayViewFromImage(anomaly_map)[sitk.GetArrayViewFromImage(foreground) > 0]
+
+
+class Detector:
+    """A model with its settings: turns scans into anomaly maps, masks and reports.
+
+    ``Detector("brain_t1_vae", score="reconstruction")`` or ``Detector(model, settings)``. The
+    model is moved to the settings' device once. :meth:`detect` runs the whole chain; the steps
+    (:meth:`prepare`, :meth:`score`, :meth:`anomaly_map`, :meth:`choose_threshold`,
+    :meth:`mask`) are public for callers that need a part of it.
+    """
+
+    def __init__(self, model: ModelInput = None, settings: Optional[DetectionSettings] = None,
+                 **choices: Any) -> None:
+        self.model = load_model(model)
+        if settings is not None and choices:
+            raise TypeError(f"give either settings or choices ({', '.join(sorted(choices))}), not both")
+        self.settings = settings if settings is not None else DetectionSettings.for_model(self.model, **choices)
+        self.model.to(resolve_device(self.settings.device))
+
+    def __repr__(self) -> str:
+        return f"Detector({self.model.name!r}, {self.settings})"
+
+    def with_settings(self, **changes: Any) -> Detector:
+        """A detector of the same (loaded) model whose settings differ by ``changes``, re-validated.
+
+        A new ``score`` without new ``score_params`` starts from that score's defaults.
+        """
+        current = self.settings.as_dict()
+        if "score" in changes and "score_params" not in changes:
+            current["score_params"] = {}
+        current.update(changes)
+        return Detector(self.model, DetectionSettings.for_model(self.model, **current))
+
+    # --------------------------------------------------------------------------------- steps
+
+    def prepare(self, image: sitk.Image, name: str = "input", progress: Optional[Progress] = None,
+                reuse: Optional[PreparedVolume] = None) -> PreparedVolume:
+        """``image`` in the model's space; ``reuse``: an earlier preparation of the same image.
+
+        The one reuse rule: a volume prepared for the same model space is used as it is; one
+        prepared for another model of the same template lends its registration; anything else is
+        prepared anew.
+        """
+        registration = None
+        if reuse is not None:
+            if not reuse.same_input(image):
+                raise ValueError(f"{name}: the prepared volume to reuse was made from another image")
+            if reuse.fits(self.model.card):
+                return reuse
+            registration = reuse.registration_for(self.model.card)
+        return prepare_volume(image, self.model.card, name, progress, registration=registration)
+
+    def score(self, prepared: PreparedVolume, progress: Optional[Progress] = None,
+              member_maps: Optional[Mapping[str, np.ndarray]] = None) -> np.ndarray:
+        """Slice maps ``(n, 1, size, size)`` of the settings' score; slices without foreground score 0.
+
+        ``member_maps``: slice maps of this volume already computed with the ensemble members'
+        default parameters, which the ensemble then reuses.
+        """
+        settings = self.settings
+        maps = np.zeros(prepared.slices.shape, dtype=np.float32)
+        occupied = prepared.foreground_fraction() > 0
+        if occupied.any():
+            reuse = {name: values[occupied] for name, values in (member_maps or {}).items()}
+            maps[occupied] = score_slices(self.model, prepared.slices[occupied], settings.score,
+                                          dict(settings.score_params), settings.batch_size,
+                                          prepared.slice_foreground[occupied], progress, reuse)
+        return maps
+
+    def anomaly_map(self, slice_maps: np.ndarray, prepared: PreparedVolume,
+                    foreground: Optional[sitk.Image] = None) -> sitk.Image:
+        """Slice maps -> post-processed float32 map on the input grid, zero outside the foreground."""
+        foreground = foreground if foreground is not None else foreground_image(prepared)
+        return smooth_map(to_input_grid_image(slice_maps, prepared), foreground, self.settings.postprocessing)
+
+    def choose_threshold(self, anomaly_map: sitk.Image, foreground: sitk.Image) -> Tuple[float, str, List[str]]:
+        """``(threshold, source, warnings)``: the given number, the card's calibrated threshold for
+        the score, or (uncalibrated model) a percentile of this volume's own foreground scores."""
+        settings, card = self.settings, self.model.card
+        if not isinstance(settings.threshold, str):
+            return float(settings.threshold), "given", []
+        calibration = card.get("calibration", {})
+        if settings.score in calibration.get("thresholds", {}):
+            warnings = []
+            calibrated_with = calibration.get("postprocessing")
+            if calibrated_with is not None and dict(calibrated_with) != dict(settings.postprocessing):
+                warnings.append(f"the '{settings.score}' threshold was calibrated with post-processing "
+                                f"{calibrated_with}, not {dict(settings.postprocessing)}; it may not give the "
+                                "calibrated false-positive rate")
+            return float(calibration["thresholds"][settings.score]), "calibrated", warnings
+        values = foreground_values(anomaly_map, foreground)
+        warning = (f"model '{self.model.name}' has no calibrated threshold for '{settings.score}': using the "
+                   f"{UNCALIBRATED_PERCENTILE}th percentile of this volume's foreground scores")
+        return float(np.percentile(values, UNCALIBRATED_PERCENTILE)), "volume percentile (uncalibrated)", [warning]
+
+    def mask(self, anomaly_map: sitk.Image, foreground: sitk.Image, threshold: float) -> sitk.Image:
+        """The anomaly mask at ``threshold`` by the engine's one mask rule (foreground only, small
+        components removed as the post-processing says); the Slicer segment uses the same rule."""
+        return threshold_map(anomaly_map, threshold, foreground, self.settings.postprocessing)
+
+    # ----------------------------------------------------------------------------- the chain
+
+    def detect(
+        self,
+        image: ImageInput,
+        name: Optional[str] = None,
+        progress: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelCheck] = None,
+        reuse: Optional[PreparedVolume] = None,
+        member_maps: Optional[Mapping[str, np.ndarray]] = None,
+        keep_slice_maps: bool = False,
+    ) -> DetectionResult:
+        """Anomaly map, mask and report for one volume (a SimpleITK image, a file or a DICOM folder).
+
+        ``progress(fraction, message)`` and ``cancel()`` let a GUI follow and stop the run;
+        ``reuse`` is an earlier result's ``prepared`` for the same scan. The input is never
+        modified and nothing is written.
+        """
+        started = time.perf_counter()
+        steps = Progress(progress, cancel)
+        if not isinstance(image, sitk.Image):
+            name = name or str(image)
+            image = read_volume(image)
+        name = name or "input"
+        steps.report(0.0, f"{name}: preparing")
+        prepared = self.prepare(image, name, steps.sub(0.0, 0.05), reuse)
+        newly_registered = prepared.registration is not None and (
+            reuse is None or reuse.registration is not prepared.registration)
+        prepared_at = time.perf_counter()
+        slice_maps = self.score(prepared, steps.sub(0.05, 0.9), member_maps)
+        scored_at = time.perf_counter()
+        foreground = foreground_image(prepared)
+        anomaly_map = self.anomaly_map(slice_maps, prepared, foreground)
+        threshold, source, warnings = self.choose_threshold(anomaly_map, foreground)
+        if prepared.registration is not None:
+            warnings = list(prepared.registration.warnings) + warnings
+        mask = self.mask(anomaly_map, foreground, threshold)
+        steps.report(1.0, f"{name}: done")
+        finished = time.perf_counter()
+        timings = {
+            "register_s": round(prepared.registration.seconds, 3) if newly_registered else 0.0,
+            "prepare_s": round(prepared_at - started, 3),
+            "score_s": round(scored_at - prepared_at, 3),
+            "postprocess_s": round(finished - scored_at, 3),
+            "total_s": round(finished - started, 3),
+        }
+        report = self._report(image, name, prepared, anomaly_map, mask, foreground, threshold, source, warnings,
+                              timings)
+        return DetectionResult(anomaly_map=anomaly_map, mask=mask, foreground=foreground, report=report,
+                               prepared=prepared, slice_maps=slice_maps if keep_slice_maps else None)
+
+    def reconstruct(self, image: ImageInput, name: Optional[str] = None,
+                    progress: Optional[ProgressCallback] = None, cancel: Optional[CancelCheck] = None,
+                    reuse: Optional[PreparedVolume] = None) -> sitk.Image:
+        """The model's reconstruction of ``image`` (its mean decoding) on the input's exact grid.
+
+        Why: seen beside the input, the reconstruction shows what the model takes for the normal
+        version of this scan, which is what the ``reconstruction`` score compares against
+        (teaching, and checking a model on new data). Values are in the model's normalised
+        intensity units (0 to 1 inside the foreground, 0 outside).
+        """
+        steps = Progress(progress, cancel)
+        if not isinstance(image, sitk.Image):
+            name = name or str(image)
+            image = read_volume(image)
+        prepared = self.prepare(image, name or "input", steps.sub(0.0, 0.2), reuse)
+        network, batch_size = self.model.network, self.settings.batch_size
+        decoded = np.zeros(prepared.slices.shape, dtype=np.float32)
+        occupied = np.flatnonzero(prepared.foreground_fraction() > 0)
+        network.eval()
+        part = steps.sub(0.2, 1.0)
+        for start in range(0, len(occupied), batch_size):
+            part.report(start / max(len(occupied), 1), f"reconstruction: slices {start + 1}-"
+                        f"{min(start + batch_size, len(occupied))} of {len(occupied)}")
+            chosen = occupied[start:start + batch_size]
+            with torch.no_grad():
+                batch = torch.from_numpy(np.ascontiguousarray(prepared.slices[chosen])).to(self.model.device)
+                decoded[chosen] = network.reconstruct(batch).cpu().numpy()
+        steps.report(1.0, "reconstruction: done")
+        return to_input_grid_image(decoded, prepared)
+
+    def _report(self, image: sitk.Image, name: str, prepared: PreparedVolume, anomaly_map: sitk.Image,
+                mask: sitk.Image, foreground: sitk.Image, threshold: float, source: str, warnings: List[str],
+                timings: Mapping[str, float]) -> Dict[str, Any]:
+        model, settings = self.model, self.settings
+        voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
+        anomalous = int(sitk.GetArrayViewFromImage(mask).sum())
+        values = foreground_values(anomaly_map, foreground)
+        registration = prepared.registration
+        return {
+            "input": name,
+            "model": model.name,
+            "model_path": str(model.path) if model.path else None,
+            "score": settings.score,
+            "score_params": dict(settings.score_params),
+            "threshold": threshold,
+            "threshold_source": source,
+            "postprocessing": dict(settings.postprocessing),
+            "sample_score": sample_score(values),
+            "anomalous_voxels": anomalous,
+            "anomalous_volume_ml": anomalous * voxel_ml,
+            "foreground_voxels": int(values.size),
+            "slices_scored": int((prepared.foreground_fraction() > 0).sum()),
+            "size": list(image.GetSize()),
+            "spacing": list(image.GetSpacing()),
+            "device": str(model.device),
+            "batch_size": settings.batch_size,
+            "timings": dict(timings),
+            "engine_version": __version__,
+            "template": model.card.get("template"),
+            "registration": registration.to_report() if registration is not None else None,
+            "warnings": warnings,
+        }
+
+
+def detect(image: ImageInput, model: ModelInput = None, score: Optional[str] = None,
+           threshold: Union[str, float] = "auto", device: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE,
+           score_params: Optional[Mapping[str, Any]] = None, postprocessing: Optional[Mapping[str, Any]] = None,
+           progress: Optional[ProgressCallback] = None, cancel: Optional[CancelCheck] = None,
+           name: Optional[str] = None, reuse: Optional[PreparedVolume] = None) -> DetectionResult:
+    """One scan, one call: ``Detector(model, score=..., ...).detect(image, ...)``.
+
+    ``model``: a :class:`Model`, a model file or a bundled model's name (None: the default).
+    ``score`` defaults to the card's; ``threshold`` is ``"auto"`` (calibrated) or a number;
+    ``postprocessing`` overrides the card's smoothing settings.
+    """
+    detector = Detector(model, score=score, threshold=threshold, score_params=score_params,
+                        postprocessing=postprocessing, device=device, batch_size=batch_size)
+    return detector.detect(image, name=name, progress=progress, cancel=cancel, reuse=reuse)
+
+
+def reconstruct(image: ImageInput, model: ModelInput = None, device: str = "auto",
+                batch_size: int = DEFAULT_BATCH_SIZE, progress: Optional[ProgressCallback] = None,
+                cancel: Optional[CancelCheck] = None, name: Optional[str] = None,
+                reuse: Optional[PreparedVolume] = None) -> sitk.Image:
+    """The model's reconstruction of a scan on its grid (see :meth:`Detector.reconstruct`)."""
+    detector = Detector(model, device=device, batch_size=batch_size)
+    return detector.reconstruct(image, name=name, progress=progress, cancel=cancel, reuse=reuse)
+
+
+def write_detection(output_dir: Union[str, os.PathLike[str]], stem: str, result: DetectionResult) -> List[Path]:
+    """Write ``<stem>_anomaly.nii.gz`` (float32 map), ``<stem>_mask.nii.gz`` (uint8 anomaly mask),
+    ``<stem>_foreground.nii.gz`` (uint8, the region scored) and ``<stem>_report.json`` into
+    ``output_dir``; all or none (what was written is removed if a later write fails).
+
+    The foreground goes with the map because metrics belong inside it: outside, the map is 0 by
+    construction, and counting that background inflates AUROC (``evaluate --mask`` takes it).
+    Returns the paths written.
+    """
+    targets = detection_paths(output_dir, stem)
+    written: List[Path] = []
+    try:
+        for key, image in (("map", result.anomaly_map), ("mask", result.mask), ("foreground", result.foreground)):
+            write_image_atomic(image, targets[key])
+            written.append(targets[key])
+        write_text_atomic(json.dumps(result.report, indent=2) + "\n", targets["report"])
+        written.append(targets["report"])
+    except (OSError, RuntimeError) as exc:
+        for path in written:
+            path.unlink()
+        raise InputError(f"{output_dir}: cannot write outputs of {stem} ({exc})") from None
+    return written
