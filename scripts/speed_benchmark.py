@@ -1,10 +1,16 @@
-"""Speed benchmark: seconds per volume for every score, and slices/s batched vs one slice at a time.
+"""Speed benchmark: where a detection's time goes, seconds per volume for every score, and batching.
 
 Why: users need to know how long detection takes on an ordinary brain scan, and where the time goes,
-before choosing a score or a device. This times the whole ``detect`` pipeline for every score on the
-standard 182x218x182 MNI grid at 1 mm in 128x128 axial slices, on CPU and on CUDA where present, and
-what batching buys over one slice at a time. Speed only: the models are default cards with untrained
-weights, which cost the same time as trained ones. Markdown tables for the README, with the machine.
+before choosing a score or a device. Three tables, Markdown for the README, with the machine:
+
+1. the bundled default model on the shipped sample, stage by stage as ``anomaly-detection detect``
+   runs it: start-up (a fresh interpreter importing the pipeline and loading the model),
+   registration, the rest of the preparation, scoring, post-processing and writing the outputs,
+   beside the command's own wall time;
+2. the whole ``detect`` pipeline for every score on the standard 182x218x182 MNI grid at 1 mm in
+   128x128 axial slices, on CPU and on CUDA where present (default cards with untrained weights,
+   which cost the same time as trained ones);
+3. what batching buys over one slice at a time.
 """
 
 from __future__ import annotations
@@ -15,7 +21,10 @@ import inspect
 import json
 import os
 import platform
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -24,7 +33,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from AnomalyDetectionLib import detect
+from AnomalyDetectionLib import Detector, detect, write_detection
+from AnomalyDetectionLib.catalog import DEFAULT_MODEL
 from AnomalyDetectionLib.device import resolve_device
 from AnomalyDetectionLib.models.model_file import Model, build_model, make_card
 from AnomalyDetectionLib.preprocessing import prepare_volume
@@ -34,6 +44,10 @@ from AnomalyDetectionLib.scoring.slice_scores import energy_projection
 from AnomalyDetectionResearch.data import load_anatomy
 
 GRID = (182, 218, 182)  # the standard MNI152 1 mm grid (x, y, z)
+SAMPLE = Path(__file__).resolve().parents[1] / "AnomalyDetection" / "Resources" / "Samples" / "brain_t1_tumour.nrrd"
+#: What ``anomaly-detection detect`` does before it reads a scan: import the pipeline, load the model.
+START_UP = ("import time; t = time.perf_counter(); from AnomalyDetectionLib.pipeline import Detector; "
+            "Detector({model!r}, device={device!r}); print(time.perf_counter() - t)")
 SIZE = 128
 DEFAULT_STEPS = int(inspect.signature(energy_projection).parameters["steps"].default)
 QUICK_STEPS, QUICK_SLICES = 3, 32
@@ -108,6 +122,36 @@ def per_volume(
     return rows
 
 
+def stages(device: torch.device, args: argparse.Namespace) -> List[Dict]:
+    """Table 1 rows: the default model on the shipped sample, stage by stage (medians of ``repeats``)."""
+    rows = []
+    for _ in range(args.repeats):
+        begun = time.perf_counter()
+        started = subprocess.run([sys.executable, "-c", START_UP.format(model=DEFAULT_MODEL, device=str(device))],
+                                 capture_output=True, text=True, check=True)
+        start_up = time.perf_counter() - begun
+        imports = float(started.stdout.strip())
+        detector = Detector(DEFAULT_MODEL, device=str(device), batch_size=args.batch_size)
+        result = detector.detect(str(SAMPLE))
+        timings = result.report["timings"]
+        with tempfile.TemporaryDirectory() as folder:
+            written = time.perf_counter()
+            write_detection(folder, "sample", result)
+            write_s = time.perf_counter() - written
+            command = [str(Path(sys.executable).with_name("anomaly-detection")), "detect", str(SAMPLE),
+                       "--output-dir", folder, "--device", str(device), "-q"]
+            begun = time.perf_counter()
+            subprocess.run(command, capture_output=True, check=True)
+            wall = time.perf_counter() - begun
+        rows.append({"device": str(device), "start_up_s": start_up, "imports_s": imports,
+                     "register_s": timings["register_s"],
+                     "prepare_rest_s": timings["prepare_s"] - timings["register_s"], "score_s": timings["score_s"],
+                     "postprocess_s": timings["postprocess_s"], "write_s": write_s, "command_s": wall})
+    median = {key: statistics.median(r[key] for r in rows) for key in rows[0] if key != "device"}
+    print(f"  {device} sample: {median['command_s']:.2f} s for the command", file=sys.stderr)
+    return [{"device": str(device), "score": result.report["score"], **median}]
+
+
 def batching(model: Model, slices: np.ndarray, device: torch.device, args: argparse.Namespace) -> List[Dict]:
     """Table 2 rows: slices/s of one slice at a time vs ``batch_size`` at once, in the same run."""
     model.to(device)
@@ -166,14 +210,26 @@ def main() -> None:
     slices = prepared.slices[prepared.foreground_fraction() > 0]
     if args.quick:  # the central QUICK_SLICES
         slices = slices[max(0, len(slices) // 2 - QUICK_SLICES // 2):][:QUICK_SLICES]
+    table0: List[Dict] = []
     table1: List[Dict] = []
     table2: List[Dict] = []
     for device in devices:
+        table0 += stages(device, args)
         for model in models:
             table1 += per_volume(model, volume, slices[len(slices) // 2:][:2], device, args)
         table2 += batching(models[0], slices, device, args)
 
     facts["load_average_end"] = load_average()
+    print(f"Where the time goes: `anomaly-detection detect` with the bundled default ({DEFAULT_MODEL}, "
+          f"{table0[0]['score']}) on the shipped sample {SAMPLE.name}, median of {args.repeats} (seconds; start-up is "
+          "a fresh interpreter importing the pipeline and loading the model, of which imports and loading alone):\n")
+    stage_keys = ("start_up_s", "imports_s", "register_s", "prepare_rest_s", "score_s", "postprocess_s", "write_s")
+    print(markdown(["device", "start-up", "(imports + model)", "registration", "rest of preparation", "scoring",
+                    "post-processing", "writing", "sum", "whole command"],
+                   [[r["device"]] + [f"{r[k]:.2f}" for k in stage_keys]
+                    + [f"{sum(r[k] for k in stage_keys if k != 'imports_s'):.2f}", f"{r['command_s']:.2f}"]
+                    for r in table0]))
+    print()
     print(f"Seconds per {size} volume with `detect` on an in-memory image ({table1[0]['slices_scored']} slices "
           f"scored; load average at the end {facts['load_average_end']}):\n")
     print(markdown(["device", "model", "score", "prepare s", "scoring s", "post-processing s", "total s"],
@@ -189,7 +245,8 @@ def main() -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         settings = {k: v for k, v in vars(args).items() if k != "output"}
         path.write_text(json.dumps({"machine": facts, "settings": settings, "volume_size": list(volume.GetSize()),
-                                    "slice_size": SIZE, "per_volume": table1, "batching": table2}, indent=2) + "\n")
+                                    "slice_size": SIZE, "stages": table0, "per_volume": table1,
+                                    "batching": table2}, indent=2) + "\n")
         print(f"\nresults written to {path}")
 
 

@@ -213,13 +213,6 @@ def _random_ellipsoid(radius: float, rng: np.random.Generator) -> Tuple[np.ndarr
     return semi_axes, rotation
 
 
-def _paste(shape: Tuple[int, ...], region: Region, values: np.ndarray) -> np.ndarray:
-    """A float32 volume of ``shape``, zero except ``values`` on ``region``."""
-    full = np.zeros(shape, dtype=np.float32)
-    full[region] = values
-    return full
-
-
 def insert_blob(
     image: sitk.Image,
     rng_or_seed: SeedLike,
