@@ -21,7 +21,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/vermin --quiet --no-tips --violations --eval-annotations -t=3.9- AnomalyDetection
+	$(BIN)/vermin --quiet --no-tips --violations --eval-annotations -t=3.9- AnomalyDetection AnomalyDetectionResearch
 	$(BIN)/python -m pytest -q
 
 benchmark: $(STAMP)

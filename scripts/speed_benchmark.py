@@ -37,7 +37,6 @@ from AnomalyDetectionLib import Detector, detect, write_detection
 from AnomalyDetectionLib.catalog import DEFAULT_MODEL
 from AnomalyDetectionLib.device import resolve_device
 from AnomalyDetectionLib.models.model_file import Model, build_model, make_card
-from AnomalyDetectionLib.preprocessing import prepare_volume
 from AnomalyDetectionLib.scoring import score_slices, scores_for
 from AnomalyDetectionLib.scoring.ensemble import default_members
 from AnomalyDetectionLib.scoring.slice_scores import energy_projection
@@ -206,7 +205,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     models = [build_model(make_card(arch=arch, size=SIZE, name=f"benchmark-{arch}")) for arch in ("vae", "ae")]
-    prepared = prepare_volume(volume, models[0].card, "MNI152")
+    prepared = Detector(models[0], device="cpu").prepare(volume, "MNI152")
     slices = prepared.slices[prepared.foreground_fraction() > 0]
     if args.quick:  # the central QUICK_SLICES
         slices = slices[max(0, len(slices) // 2 - QUICK_SLICES // 2):][:QUICK_SLICES]
