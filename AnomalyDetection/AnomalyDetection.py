@@ -671,6 +671,10 @@ def _reportSummary(report: Mapping[str, Any]) -> str:
     volume = report.get("anomalous_volume_ml")
     if isinstance(volume, (int, float)):
         lines.append(f"Anomalous volume: {volume:.1f} mL")
+    percentile = report.get("sample_percentile")
+    if isinstance(percentile, (int, float)):
+        lines.append(f"Scan as a whole: sample score above {percentile:g} % of the {report.get('sample_normals')} "
+                     "normal calibration scans")
     for warning in report.get("warnings", []) or []:
         lines.append(f"<span style='color:#b35900'>Warning: {warning}</span>")
     return "<br>".join(lines)

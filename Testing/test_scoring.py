@@ -106,7 +106,7 @@ def test_energy_projection_without_steps_changes_nothing(vae, slices) -> None:
 
 
 def test_autoencoder_refuses_variational_scores(ae, slices) -> None:
-    assert scores_for(ae) == ["reconstruction", "energy_projection", "ensemble"]
+    assert scores_for(ae) == ["reconstruction", "energy_projection", "ensemble", "intensity"]
     for score in ("kl_grad", "elbo_grad", "combi"):
         with pytest.raises(ModelError, match="needs a VAE"):
             score_batch(ae, torch.from_numpy(slices), score)
@@ -163,3 +163,21 @@ def test_ensemble_reuses_member_maps_it_is_given(ae, slices) -> None:
     # Reuse means no member runs again: a member map of zeros changes the result.
     zeroed = score_slices(ae, slices, "ensemble", member_maps={**members, "reconstruction": np.zeros_like(slices)})
     assert not np.allclose(fresh, zeroed)
+
+
+def test_intensity_yardstick_is_the_plain_rule(vae, ae, slices) -> None:
+    """|x - median| / (1.4826 MAD) over the stack's foreground, by hand; no network, no parameters."""
+    foreground = np.zeros(slices.shape, dtype=bool)
+    foreground[:, :, 4:28, 4:28] = True
+    inside = slices[foreground]
+    median = np.median(inside)
+    mad = 1.4826 * np.median(np.abs(inside - median))
+    for model in (vae, ae):
+        out = score_slices(model, slices, "intensity", foreground=foreground)
+        np.testing.assert_allclose(out[foreground], np.abs(inside - median) / mad, rtol=1e-5)
+        assert not out[~foreground].any()
+    with pytest.raises(ModelError, match="takes no parameter"):
+        score_slices(vae, slices, "intensity", {"sigma": 1.0})
+    with pytest.raises(ModelError, match="yardstick"):
+        score_slices(vae, slices, "ensemble", {"members": ["reconstruction", "intensity"]})
+    assert "intensity" in scores_for(vae) and "intensity" in scores_for(ae)

@@ -64,6 +64,9 @@ def test_card_records_training_and_calibration(tiny_vae) -> None:
     assert calibration["source"] == "held-out validation volumes"
     assert set(calibration["thresholds"]) == set(scores_for(tiny_vae))
     assert calibration["percentile"] == 99.5
+    # the per-scan answer: every calibration volume's sample score, per score
+    assert set(calibration["sample_scores"]) == set(scores_for(tiny_vae))
+    assert all(len(v) == calibration["n_volumes"] for v in calibration["sample_scores"].values())
     history = [h["val_loss"] for h in training["history"]]
     assert training["best_validation_loss"] == min(history) and history[-1] < history[0]
 
@@ -73,7 +76,7 @@ def _false_positive_rate(model, volume, score: str) -> float:
     return float(array(result.mask)[array(result.foreground) > 0].mean())
 
 
-@pytest.mark.parametrize("score", ["reconstruction", "combi", "ensemble"])
+@pytest.mark.parametrize("score", ["reconstruction", "combi", "ensemble", "intensity"])
 def test_calibrated_threshold_sets_the_false_positive_rate_on_normal_data(tiny_vae, normal_volumes, score) -> None:
     """0.5 % of the calibration volume's voxels exceed its 99.5th-percentile threshold through ``detect``
     (same pipeline as calibration); an unseen normal subject stays within a few per cent."""
@@ -95,3 +98,15 @@ def test_single_volume_trains_and_says_how_it_was_calibrated(normal_volumes) -> 
     model = train(normal_volumes[:1], None, **dict(QUICK, epochs=1))
     assert model.card["calibration"]["source"].startswith("the training volume")
     assert np.isfinite(list(model.thresholds.values())).all()
+
+
+def test_sample_percentile_places_a_scan_among_the_calibration_normals(tiny_vae, normal_volumes, lesion_case) -> None:
+    normals = sorted(tiny_vae.card["calibration"]["sample_scores"]["reconstruction"])
+    lesion = detect(lesion_case[0], tiny_vae, score="reconstruction", device="cpu").report
+    assert lesion["sample_normals"] == len(normals)
+    expected = 100.0 * sum(v < lesion["sample_score"] for v in normals) / len(normals)
+    assert lesion["sample_percentile"] == pytest.approx(expected)
+    # other post-processing than calibrated: no percentile, rather than a wrong one
+    other = detect(lesion_case[0], tiny_vae, score="reconstruction", device="cpu",
+                   postprocessing={"smoothing": "none"}).report
+    assert other["sample_percentile"] is None

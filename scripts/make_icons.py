@@ -6,6 +6,7 @@ so anyone can redraw them after the sample or the style changes.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import matplotlib
@@ -55,6 +56,7 @@ def thumbnail(path: Path) -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     icon(ROOT / "AnomalyDetection" / "Resources" / "Icons" / "AnomalyDetection.png")
     icon(ROOT / "Resources" / "AnomalyDetection.png")
     thumbnail(ROOT / "AnomalyDetection" / "Resources" / "Icons" / "brain_t1_tumour.png")

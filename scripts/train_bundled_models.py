@@ -32,10 +32,10 @@ from typing import Any, Dict, List
 
 import numpy as np
 
+from AnomalyDetectionLib.catalog import bundled_models_dir
 from AnomalyDetectionLib.cli import TqdmProgress
 from AnomalyDetectionLib.device import resolve_device
 from AnomalyDetectionLib.models import load_model, make_card, save_model
-from AnomalyDetectionLib.models.model_file import bundled_models_dir
 from AnomalyDetectionLib.preprocessing.template import template_entry
 from AnomalyDetectionLib.progress import Progress
 from AnomalyDetectionLib.training import calibrate, train

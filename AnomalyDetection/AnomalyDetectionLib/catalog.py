@@ -28,8 +28,9 @@ MODEL_SUFFIX = ".pt"
 #: A readable copy of a model file's card lies beside it: ``<name>.card.json`` next to ``<name>.pt``.
 CARD_SUFFIX = ".card.json"
 
-#: Every score, in the order tables and menus list them; ``ensemble`` combines others.
-SCORES = ("reconstruction", "kl_grad", "elbo_grad", "combi", "energy_projection", "ensemble")
+#: Every score, in the order tables and menus list them; ``ensemble`` combines others; ``intensity`` is
+#: the yardstick (a plain intensity rule, no network) every learned map is measured against.
+SCORES = ("reconstruction", "kl_grad", "elbo_grad", "combi", "energy_projection", "ensemble", "intensity")
 #: Scores that need a variational model (they differentiate its KL term).
 VARIATIONAL_ONLY = ("kl_grad", "elbo_grad", "combi")
 #: One sentence per score: what it measures and where it comes from (help texts and tooltips).
@@ -47,6 +48,8 @@ SCORE_HELP: Dict[str, str] = {
                          "by Zhou et al. 2020).",
     "ensemble": "Rank- or z-score-normalised average of several scores, more robust than any single score when "
                 "none is best for every lesion (Zhou et al. 2020).",
+    "intensity": "The yardstick, no network: |x - median| / MAD of the scan's normalised intensities inside the "
+                 "brain; a learned score must beat it (Meissen et al. 2021: on brain MRI it is hard to beat).",
 }
 
 DEVICES = ("auto", "cpu", "cuda")

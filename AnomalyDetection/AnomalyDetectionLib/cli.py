@@ -158,7 +158,10 @@ def cmd_detect(args: argparse.Namespace) -> int:
             continue
         bar.close()
         report = result.report
-        print(f"{stem}: {report['score']} sample score {report['sample_score']:.4g}, threshold "
+        percentile = report["sample_percentile"]
+        where = (f" (above {percentile:g} % of {report['sample_normals']} normal scans)"
+                 if percentile is not None else "")
+        print(f"{stem}: {report['score']} sample score {report['sample_score']:.4g}{where}, threshold "
               f"{report['threshold']:.4g} ({report['threshold_source']}), {report['anomalous_volume_ml']:.2f} mL "
               f"anomalous, {report['timings']['total_s']:.1f} s")
         for warning in report["warnings"]:

@@ -230,6 +230,18 @@ class Detector:
                    f"{UNCALIBRATED_PERCENTILE}th percentile of this volume's foreground scores")
         return float(np.percentile(values, UNCALIBRATED_PERCENTILE)), "volume percentile (uncalibrated)", [warning]
 
+    def sample_percentile(self, value: float) -> Dict[str, Any]:
+        """How abnormal the scan is as a whole: the percentage of the calibration's normal scans whose
+        sample score is below ``value`` (``sample_percentile``, None without calibrated normals for
+        this score and post-processing) and how many normals that is (``sample_normals``)."""
+        calibration = self.model.card.get("calibration", {})
+        normals = (calibration.get("sample_scores") or {}).get(self.settings.score)
+        same = dict(calibration.get("postprocessing") or {}) == dict(self.settings.postprocessing)
+        if not normals or not same or not np.isfinite(value):
+            return {"sample_percentile": None, "sample_normals": len(normals or [])}
+        below = float(np.mean(np.asarray(normals, dtype=np.float64) < value))
+        return {"sample_percentile": round(100.0 * below, 1), "sample_normals": len(normals)}
+
     def mask(self, anomaly_map: sitk.Image, foreground: sitk.Image, threshold: float) -> sitk.Image:
         """The anomaly mask at ``threshold`` by the engine's one mask rule (foreground only, small
         components removed as the post-processing says); the Slicer segment uses the same rule."""
@@ -334,6 +346,7 @@ class Detector:
             "threshold_source": source,
             "postprocessing": dict(settings.postprocessing),
             "sample_score": sample_score(values),
+            **self.sample_percentile(sample_score(values)),
             "anomalous_voxels": anomalous,
             "anomalous_volume_ml": anomalous * voxel_ml,
             "foreground_voxels": int(values.size),

@@ -211,7 +211,7 @@ def process_folder(
         row: Dict[str, Any] = {
             "case": stem, "input": str(path), "model": detector.model.name, "score": detector.settings.score,
             "threshold": None,
-            "threshold_source": None, "sample_score": None, "anomalous_volume_ml": None,
+            "threshold_source": None, "sample_score": None, "sample_percentile": None, "anomalous_volume_ml": None,
             "truth": str(truth_path) if truth_path else None, "voxel_auroc": None, "voxel_auprc": None,
             "dice": None, "best_dice": None, "best_threshold": None, "seconds": None, "error": None,
         }
@@ -222,7 +222,7 @@ def process_folder(
             write_detection(output_dir, stem, result)
             report = result.report
             row.update(threshold=report["threshold"], threshold_source=report["threshold_source"],
-                       sample_score=_finite(report["sample_score"]),
+                       sample_score=_finite(report["sample_score"]), sample_percentile=report["sample_percentile"],
                        anomalous_volume_ml=report["anomalous_volume_ml"])
             if truth_path is not None:
                 case = evaluate_case(result.anomaly_map, read_volume(truth_path, allow_constant=True),

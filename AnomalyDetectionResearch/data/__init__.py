@@ -1,4 +1,5 @@
-"""Offline real anatomy (MNI152, Colin27), Fashion-MNIST, and seeded synthetic subjects/anomalies with ground truth."""
+"""Offline real anatomy (MNI152, Colin27; held-out heads for evaluation), Fashion-MNIST, and seeded synthetic
+subjects/anomalies with ground truth."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from AnomalyDetectionLib.preprocessing.anatomy import (
     resample_isotropic,
 )
 
-from .benchmark_cases import benchmark_case_specs, iter_benchmark_cases
+from .benchmark_cases import benchmark_case_specs, held_out_case_specs, iter_benchmark_cases
 from .fashion_mnist import CLASSES as FASHION_MNIST_CLASSES
 from .fashion_mnist import fashion_mnist_available, load_fashion_mnist
+from .held_out import HELD_OUT, available_held_out, load_held_out
 from .lesions import (
     LESION_TYPES,
     insert_blob,
@@ -29,13 +31,16 @@ from .population import SPLIT_SEEDS, make_case, make_subject, population, popula
 __all__ = [
     "ANATOMY",
     "FASHION_MNIST_CLASSES",
+    "HELD_OUT",
     "LESION_TYPES",
     "SPLIT_SEEDS",
     "anatomy_path",
     "available_anatomy",
+    "available_held_out",
     "benchmark_case_specs",
     "brain_mask",
     "fashion_mnist_available",
+    "held_out_case_specs",
     "insert_blob",
     "insert_copied_patch",
     "insert_intensity_shift",
@@ -45,6 +50,7 @@ __all__ = [
     "iter_benchmark_cases",
     "load_anatomy",
     "load_fashion_mnist",
+    "load_held_out",
     "make_case",
     "make_subject",
     "population",

@@ -30,6 +30,7 @@ import dataclasses
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 from .cases import BenchmarkCase, CaseSpec
+from .held_out import available_held_out, held_out_dir
 from .lesions import LESION_TYPES
 from .population import make_case, population
 
@@ -89,6 +90,27 @@ def _quick(specs: List[CaseSpec]) -> List[CaseSpec]:
         dataclasses.replace(spec, subject=dataclasses.replace(spec.subject, spacing=QUICK_SPACING))
         for spec in sorted(chosen, key=lambda s: s.subject.seed)
     ]
+
+
+#: Kinds of the held-out set, for every held-out head: two normal cases (``None``) and each lesion type.
+HELD_OUT_KINDS: Tuple[Optional[str], ...] = (None, None, "hyper_blob", "hypo_blob", "tumour", "intensity_shift",
+                                             "copied_patch", "noise_patch")
+
+
+def held_out_case_specs() -> List[CaseSpec]:
+    """The held-out-anatomy benchmark: :data:`HELD_OUT_KINDS` on every held-out head on this machine.
+
+    Subjects come from the ``held_out`` split (real individuals and a template that no shipped
+    model trains or calibrates on, see :mod:`.held_out`); case ``k`` is subject ``k``, whose head
+    cycles, so every head gets every kind, and the list interleaves heads and kinds.
+    """
+    heads = len(available_held_out())
+    if not heads:
+        raise ValueError(f"no held-out anatomy on this machine ({held_out_dir()}): 'make setup' fetches it")
+    kinds = [kind for kind in HELD_OUT_KINDS for _ in range(heads)]
+    subjects = population("held_out", len(kinds))
+    return [CaseSpec(subject, kind, 0 if kind is None else LESION_SEED_OFFSET + subject.seed)
+            for subject, kind in zip(subjects, kinds)]
 
 
 def iter_benchmark_cases(specs: Iterable[CaseSpec]) -> Iterator[BenchmarkCase]:

@@ -16,7 +16,8 @@ from typing import Optional, Tuple
 import SimpleITK as sitk
 
 #: Splits of the generated population; each has its own seed range (see ``population.SPLIT_SEEDS``).
-SPLITS = ("train", "calibration", "benchmark")
+#: ``held_out`` subjects are made from held-out anatomy only (:mod:`.held_out`), for evaluation.
+SPLITS = ("train", "calibration", "benchmark", "held_out")
 
 
 @dataclass(frozen=True)

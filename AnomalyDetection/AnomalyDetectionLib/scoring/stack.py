@@ -14,8 +14,12 @@ from ..models import Model
 from ..progress import Progress
 from .ensemble import combine, default_members
 from .slice_scores import SLICE_SCORES
+from .yardstick import intensity_deviation
 
-assert SCORES == (*SLICE_SCORES, "ensemble"), "catalog.SCORES must list the slice scores, then the ensemble"
+#: Scores of the whole stack that use no network: the intensity yardstick.
+VOLUME_SCORES = ("intensity",)
+assert SCORES == (*SLICE_SCORES, "ensemble", *VOLUME_SCORES), (
+    "catalog.SCORES must list the slice scores, the ensemble, then the yardstick")
 
 
 def scores_for(model: Model) -> List[str]:
@@ -31,12 +35,18 @@ def check_score(model: Model, score: str, params: Optional[Mapping[str, Any]] = 
         raise ModelError(f"score '{score}' needs a VAE; model '{model.name}' is a deterministic auto-encoder "
                          f"(its scores: {', '.join(scores_for(model))})")
     params = dict(params or {})
+    if score in VOLUME_SCORES:
+        if params:
+            raise ModelError(f"score '{score}' takes no parameter {', '.join(sorted(params))}")
+        return {}
     if score == "ensemble":
         members = default_members(model.card["arch"], params.pop("members", None))
         method = params.pop("normalisation", "rank")
         for member in members:
             if member == "ensemble":
                 raise ModelError("an ensemble cannot contain itself")
+            if member in VOLUME_SCORES:
+                raise ModelError(f"'{member}' is the yardstick the ensemble is measured against, not a member")
             check_score(model, member)
         member_params = {m: _accepted(model, m, params, strict=False) for m in members}
         unused = set(params) - {k for p in member_params.values() for k in p}
@@ -83,10 +93,14 @@ def score_slices(
     normalised against every foreground voxel of the volume, not one batch's. ``member_maps``
     are maps of this same stack already computed with the members' default parameters (a
     benchmark that has just run every score); the ensemble combines them instead of running
-    those members again.
+    those members again. The ``intensity`` yardstick takes its median and spread from the
+    stack's ``foreground`` (all non-zero voxels without one) and runs no network.
     """
     checked = check_score(model, score, params)
     progress = progress or Progress()
+    if score in VOLUME_SCORES:
+        progress.report(1.0, f"{score}: done")
+        return intensity_deviation(slices, foreground if foreground is not None else slices > 0)
     if score != "ensemble":
         return _run_batches(model, slices, score, checked, batch_size, progress)
     members: Sequence[str] = checked["members"]

@@ -3,7 +3,9 @@
 A threshold is the chosen percentile (default 99.5th) of the scores of normal foreground voxels,
 so it sets the false-positive rate on normal data (0.5 % of voxels) without any labelled lesion.
 The same pass records each score's normal statistics, which the ensemble uses to bring its
-members onto one scale.
+members onto one scale, and each normal volume's sample score, against which a new scan's sample
+score becomes a percentile ("above 94 % of the normal scans"): the per-scan answer, calibrated
+like the voxel threshold.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..catalog import DEFAULT_BATCH_SIZE, DEFAULT_PERCENTILE
+from ..catalog import DEFAULT_BATCH_SIZE, DEFAULT_PERCENTILE, SCORES
 from ..models import Model
 from ..pipeline import Detector, foreground_values
+from ..postprocessing import sample_score
 from ..preprocessing import foreground_image
 from ..progress import CancelCheck, Progress, ProgressCallback
-from ..scoring import SLICE_SCORES, check_score, score_statistics, scores_for
+from ..scoring import check_score, score_statistics, scores_for
 from .dataset import VolumeInput, prepared_input, volume_name
 
 
@@ -44,7 +47,7 @@ def calibrate(
     scores = list(scores or scores_for(model))
     for score in scores:
         check_score(model, score)
-    base_scores = sorted({m for s in scores for m in _members(model, s)}, key=list(SLICE_SCORES).index)
+    base_scores = sorted({m for s in scores for m in _members(model, s)}, key=list(SCORES).index)
     detectors = {s: Detector(model, score=s, device=device, batch_size=batch_size) for s in scores + base_scores}
     settings = dict(detectors[scores[0]].settings.postprocessing)
     rng = np.random.default_rng(seed)
@@ -71,14 +74,17 @@ def calibrate(
     model.card["calibration"] = {**previous, "stats": stats}
     try:
         thresholds: Dict[str, float] = {}
+        sample_scores: Dict[str, List[float]] = {}
         for score in scores:
             values = []
+            sample_scores[score] = []
             for prepared, maps in zip(prepared_volumes, per_volume):
                 detector = detectors[score]
                 slice_map = maps[score] if score in maps else detector.score(prepared, member_maps=maps)
                 foreground = foreground_image(prepared)
-                final = detector.anomaly_map(slice_map, prepared, foreground)
-                values.append(_subsample(foreground_values(final, foreground), max_voxels_per_volume, rng))
+                inside = foreground_values(detector.anomaly_map(slice_map, prepared, foreground), foreground)
+                sample_scores[score].append(sample_score(inside))
+                values.append(_subsample(inside, max_voxels_per_volume, rng))
             thresholds[score] = float(np.percentile(np.concatenate(values), percentile))
     except BaseException:
         model.card["calibration"] = previous
@@ -91,6 +97,7 @@ def calibrate(
         "postprocessing": settings,
         "thresholds": thresholds,
         "stats": stats,
+        "sample_scores": sample_scores,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     model.card["calibration"] = calibration
