@@ -117,12 +117,12 @@ def test_write_benchmark_files(report, tmp_path) -> None:
     from matplotlib import image as mpimg
 
     paths = write_benchmark(report, tmp_path / "out")
-    assert set(paths) == {"json", "csv", "cases_csv", "by_type_csv", "markdown", "figure", "curves"}
+    assert set(paths) == {"json", "csv", "cases_csv", "by_type_csv", "by_anatomy_csv", "markdown", "figure", "curves"}
     saved = json.loads(paths["json"].read_text())
     assert "figure" not in saved and [e["kind"] for e in saved["figure_cases"]] == ["hyper_blob", "hypo_blob"]
     assert saved["machine"]["torch"] and saved["machine"]["device"] == "cpu" and saved["machine"]["date"]
     for key, n in (("csv", len(report["summary"])), ("cases_csv", len(report["cases"])),
-                   ("by_type_csv", len(report["by_type"]))):
+                   ("by_type_csv", len(report["by_type"])), ("by_anatomy_csv", len(report["by_anatomy"]))):
         with open(paths[key]) as handle:
             assert len(list(csv.DictReader(handle))) == n
     assert paths["markdown"].read_text() == format_table(report)

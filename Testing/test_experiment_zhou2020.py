@@ -7,10 +7,9 @@ import math
 
 import pytest
 
-from AnomalyDetectionLib.scoring import SCORES
 from AnomalyDetectionResearch.data.fashion_mnist import fashion_mnist_available
 from AnomalyDetectionResearch.experiments import run_experiment
-from AnomalyDetectionResearch.experiments.zhou2020 import QUICK_BETAS, energy_gain, ranking
+from AnomalyDetectionResearch.experiments.zhou2020 import QUICK_BETAS, SCORES, energy_gain, ranking
 
 
 @pytest.fixture(scope="module")
