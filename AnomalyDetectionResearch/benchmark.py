@@ -248,7 +248,8 @@ def _run_case(
             timings = result.report["timings"]
             if prepared is None:
                 prepared = result.prepared
-                reused = earlier is not None and prepared.registration is not None and timings["register_s"] == 0.0
+                reused = earlier is not None and prepared.registration is not None and (
+                    prepared.registration is earlier.registration)
                 # A reused registration still counts in this model's time: ``detect`` alone would pay it.
                 prepare_s = timings["prepare_s"] + (prepared.registration.seconds if reused else 0.0)
                 registration = prepared.registration

@@ -335,6 +335,7 @@ class Detector:
         voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
         anomalous = int(sitk.GetArrayViewFromImage(mask).sum())
         values = foreground_values(anomaly_map, foreground)
+        scan_score = sample_score(values)
         registration = prepared.registration
         return {
             "input": name,
@@ -345,8 +346,8 @@ class Detector:
             "threshold": threshold,
             "threshold_source": source,
             "postprocessing": dict(settings.postprocessing),
-            "sample_score": sample_score(values),
-            **self.sample_percentile(sample_score(values)),
+            "sample_score": scan_score,
+            **self.sample_percentile(scan_score),
             "anomalous_voxels": anomalous,
             "anomalous_volume_ml": anomalous * voxel_ml,
             "foreground_voxels": int(values.size),

@@ -75,13 +75,14 @@ def calibrate(
     try:
         thresholds: Dict[str, float] = {}
         sample_scores: Dict[str, List[float]] = {}
+        # Each volume's foreground on its input grid, resampled once rather than once per score.
+        foregrounds = [foreground_image(prepared) for prepared in prepared_volumes]
         for score in scores:
             values = []
             sample_scores[score] = []
-            for prepared, maps in zip(prepared_volumes, per_volume):
+            for prepared, maps, foreground in zip(prepared_volumes, per_volume, foregrounds):
                 detector = detectors[score]
                 slice_map = maps[score] if score in maps else detector.score(prepared, member_maps=maps)
-                foreground = foreground_image(prepared)
                 inside = foreground_values(detector.anomaly_map(slice_map, prepared, foreground), foreground)
                 sample_scores[score].append(sample_score(inside))
                 values.append(_subsample(inside, max_voxels_per_volume, rng))
