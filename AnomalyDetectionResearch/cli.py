@@ -29,12 +29,12 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         raise InputError(f"--limit must be at least 1, not {args.limit}")
     models = [load_model(name) for name in args.model] if args.model else _bundled_models()
     models, scores = _benchmark_scores(models, args.score)
-    cases, total = _benchmark_cases(args.quick, args.limit, args.held_out)
+    case_set = "held_out" if args.held_out else "validation" if args.validation else "lesion"
+    cases, total = _benchmark_cases(args.quick, args.limit, case_set)
     bar = TqdmProgress("benchmark", enabled=not args.quiet)
     try:
         report = run_benchmark(models, cases, scores, device=args.device, batch_size=args.batch_size,
-                               progress=bar, total=total,
-                               title="Held-out-anatomy benchmark" if args.held_out else "Lesion benchmark")
+                               progress=bar, total=total, title=CASE_SET_TITLES[case_set])
     finally:
         bar.close()
     paths = write_benchmark(report, args.output_dir)
@@ -100,13 +100,30 @@ def _benchmark_scores(
     return kept, scores
 
 
-def _benchmark_cases(quick: bool, limit: Optional[int], held_out: bool = False) -> Tuple[Iterable[Any], int]:
-    """``(cases, number of cases)``: the generated benchmark cases (or the held-out-anatomy ones),
-    each made only when the run reaches it, so the whole set never sits in memory."""
-    from .benchmark import balanced_subset
-    from .data.benchmark_cases import benchmark_case_specs, held_out_case_specs, iter_benchmark_cases
+#: The benchmark's case sets and the titles of their reports.
+CASE_SET_TITLES: Dict[str, str] = {
+    "lesion": "Lesion benchmark",
+    "held_out": "Held-out-anatomy benchmark",
+    "validation": "Validation set",
+}
 
-    specs = balanced_subset(held_out_case_specs() if held_out else benchmark_case_specs(quick=quick), limit)
+
+def _benchmark_cases(quick: bool, limit: Optional[int], case_set: str = "lesion") -> Tuple[Iterable[Any], int]:
+    """``(cases, number of cases)``: the generated benchmark cases, the held-out-anatomy ones or the
+    validation ones, each made only when the run reaches it, so the whole set never sits in memory."""
+    from .benchmark import balanced_subset
+    from .data.benchmark_cases import (
+        benchmark_case_specs,
+        held_out_case_specs,
+        iter_benchmark_cases,
+        validation_case_specs,
+    )
+
+    if case_set not in CASE_SET_TITLES:
+        raise ValueError(f"unknown case set {case_set!r}; choose one of {', '.join(CASE_SET_TITLES)}")
+    specs = {"held_out": held_out_case_specs, "validation": validation_case_specs}.get(
+        case_set, lambda: benchmark_case_specs(quick=quick))()
+    specs = balanced_subset(specs, limit)
     return iter_benchmark_cases(specs), len(specs)
 
 
@@ -119,10 +136,15 @@ def add_benchmark(sub: Any) -> None:
     be.add_argument("--score", nargs="+", action="extend", choices=SCORES,
                     help="scores to run (default: every score each model has)")
     be.add_argument("--quick", action="store_true", help="the small case set (a few minutes on a CPU)")
-    be.add_argument("--held-out", action="store_true",
-                    help="the held-out-anatomy cases instead: real individuals and a template no shipped model "
-                         "was trained or calibrated on (fetched at setup), two normal cases and each lesion type "
-                         "on every one")
+    which = be.add_mutually_exclusive_group()
+    which.add_argument("--held-out", action="store_true",
+                       help="the held-out-anatomy cases instead: real individuals and a template no shipped model "
+                            "was trained or calibrated on (fetched at setup), two normal cases and each lesion type "
+                            "on every one; evaluation only, never a choice")
+    which.add_argument("--validation", action="store_true",
+                       help="the validation cases instead, on which the shipped default is chosen: templates "
+                            "disjoint from training, calibration and both benchmarks (fetched at setup), four "
+                            "normal cases and each lesion type on every one")
     be.add_argument("--limit", type=int, help="run at most N cases, taken in turn from each lesion type and normal")
     be.add_argument("--output-dir", "-o", default="benchmark-output")
     be.add_argument("--device", choices=DEVICES, default="auto")

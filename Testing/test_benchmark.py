@@ -198,8 +198,8 @@ def test_balanced_subset_takes_every_kind_in_turn() -> None:
 def test_cli_benchmark_end_to_end(tiny_vae, cases, tmp_path, monkeypatch, capsys) -> None:
     requested = {}
 
-    def fake_cases(quick: bool, limit: Any, held_out: bool = False) -> Any:
-        requested.update(quick=quick, limit=limit, held_out=held_out)
+    def fake_cases(quick: bool, limit: Any, case_set: str = "lesion") -> Any:
+        requested.update(quick=quick, limit=limit, case_set=case_set)
         chosen = balanced_subset([c.spec for c in cases], limit)
         return [c for c in cases if c.spec in chosen], len(chosen)
 
@@ -207,7 +207,7 @@ def test_cli_benchmark_end_to_end(tiny_vae, cases, tmp_path, monkeypatch, capsys
     out = tmp_path / "bench"
     code = cli.main(["benchmark", "--model", str(tiny_vae.path), "--score", "reconstruction", "combi",
                      "--output-dir", str(out), "--device", "cpu", "--limit", "2", "--quick", "-q"])
-    assert code == 0 and requested == {"quick": True, "limit": 2, "held_out": False}
+    assert code == 0 and requested == {"quick": True, "limit": 2, "case_set": "lesion"}
     printed = capsys.readouterr().out
     assert f"| {tiny_vae.name} | reconstruction |" in printed and f"| {tiny_vae.name} | combi |" in printed
     assert "Targets (" in printed and "2 cases in" in printed
@@ -267,3 +267,31 @@ def test_held_out_cases_are_real_individuals_never_in_training() -> None:
     truth, brain = sitk.GetArrayViewFromImage(case.truth) > 0, sitk.GetArrayViewFromImage(case.brain) > 0
     assert truth.any() and not (truth & ~brain).any()
     assert case.image.GetSpacing() == pytest.approx((2.0, 2.0, 2.0))
+
+
+def test_validation_cases_are_disjoint_from_training_and_both_benchmarks() -> None:
+    from AnomalyDetectionResearch.data import (
+        HELD_OUT,
+        VALIDATION,
+        available_validation,
+        make_case,
+        validation_case_specs,
+    )
+    from AnomalyDetectionResearch.data.population import SPLIT_SEEDS, population_anatomy
+
+    if not available_validation():
+        pytest.skip("no validation anatomy on this machine ('make setup' fetches it)")
+    specs = validation_case_specs()
+    heads = available_validation()
+    assert len(specs) == 10 * len(heads)
+    anatomy = {s.subject.anatomy for s in specs}
+    # templates of its own: neither the training population's nor the held-out benchmark's
+    assert anatomy == set(heads) <= set(VALIDATION)
+    assert not anatomy & set(HELD_OUT) and not anatomy & set(population_anatomy())
+    assert all(s.subject.seed in SPLIT_SEEDS["validation"] for s in specs)
+    for head in heads:  # four normal cases per head: a per-person false-positive rate needs several
+        kinds = [s.lesion for s in specs if s.subject.anatomy == head]
+        assert kinds.count(None) == 4 and len(set(kinds)) == 7
+    case = make_case(next(s for s in specs if s.lesion == "tumour"))
+    truth, brain = sitk.GetArrayViewFromImage(case.truth) > 0, sitk.GetArrayViewFromImage(case.brain) > 0
+    assert truth.any() and not (truth & ~brain).any()

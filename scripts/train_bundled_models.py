@@ -11,10 +11,12 @@ axial slices:
   slices alone (``training.latent_size``: principal components for 90 % of the variance).
 
 Thresholds are calibrated on subjects of the separate calibration split (99.5th percentile of
-normal brain voxels), weights are stored as fp16 next to a JSON copy of each model card. The
-benchmark split is never touched here. ``--recalibrate`` keeps the trained weights and only
-recalibrates the thresholds (after a change to how a score is computed, e.g. the gradient
-smoothing), filling in card settings newer than the model with the engine's defaults.
+normal brain voxels) with the maps normalised per scan (``--map-normalisation scan``, the
+post-processing chosen on the validation set: see the README's validation section), weights are
+stored as fp16 next to a JSON copy of each model card. The benchmark split is never touched here.
+``--recalibrate`` keeps the trained weights and only recalibrates the thresholds (after a change
+to how a score is computed, e.g. the gradient smoothing), filling in card settings newer than the
+model with the engine's defaults.
 
 On a GPU with 16 cores the whole recipe takes a few minutes; on a 2-core laptop CPU use
 ``--epochs`` / ``--train-subjects`` to trade quality for time.
@@ -32,10 +34,11 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from AnomalyDetectionLib.catalog import bundled_models_dir
+from AnomalyDetectionLib.catalog import MAP_NORMALISATIONS, bundled_models_dir
 from AnomalyDetectionLib.cli import TqdmProgress
 from AnomalyDetectionLib.device import resolve_device
 from AnomalyDetectionLib.models import load_model, make_card, save_model
+from AnomalyDetectionLib.postprocessing import postprocessing_settings
 from AnomalyDetectionLib.preprocessing.template import template_entry
 from AnomalyDetectionLib.progress import Progress
 from AnomalyDetectionLib.training import calibrate, train
@@ -66,6 +69,8 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=max(0, min(12, (os.cpu_count() or 1) - 1)),
                         help="processes for subject generation/registration and augmentation")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--map-normalisation", choices=MAP_NORMALISATIONS, default="scan",
+                        help="per-scan normalisation of the maps, written into the cards' post-processing")
     parser.add_argument("--quick", action="store_true", help="a few subjects and epochs: checks the recipe runs")
     parser.add_argument("--recalibrate", action="store_true",
                         help="keep the models in --output-dir, recalibrate their thresholds on the calibration split")
@@ -100,6 +105,7 @@ def main(argv: List[str]) -> int:
     common = dict(recipe_common, template=template_entry(), epochs=args.epochs, batch_size=args.batch_size,
                   learning_rate=args.lr, val_fraction=0.15, seed=args.seed, device=str(device),
                   workers=workers, calibration_volumes=calibration_set,
+                  postprocessing={"normalisation": args.map_normalisation},
                   description=DESCRIPTION.format(n=len(train_set)))
     recipes: Dict[str, Dict[str, Any]] = {}
     if "vae" in args.models:
@@ -156,6 +162,8 @@ def recalibrate(args: argparse.Namespace, space: Dict[str, Any], workers: int, a
         defaults = make_card(arch=model.card["arch"], size=model.card["size"])
         for key in ("gradient_sigma_px",):
             model.card.setdefault(key, defaults[key])
+        model.card["postprocessing"] = postprocessing_settings(
+            model.card, {"normalisation": args.map_normalisation})
         bar = TqdmProgress(f"calibrating {model.name}")
         try:
             calibrate(model, calibration_set, device=args.device, seed=args.seed, progress=bar)

@@ -55,6 +55,9 @@ SCORE_HELP: Dict[str, str] = {
 DEVICES = ("auto", "cpu", "cuda")
 #: Map filters of the post-processing (see :mod:`~AnomalyDetectionLib.postprocessing`).
 SMOOTHING = ("none", "median", "gaussian")
+#: Per-scan normalisations of the map: "none", or "scan" (robust standard deviations above the
+#: scan's own median foreground score, see :func:`~AnomalyDetectionLib.postprocessing.normalise_map`).
+MAP_NORMALISATIONS = ("none", "scan")
 SLICE_AXES = ("axial", "coronal", "sagittal")
 ARCHITECTURES = ("vae", "ae")
 #: Templates a model can work in (see :mod:`~AnomalyDetectionLib.preprocessing.template`).

@@ -32,7 +32,14 @@ from .catalog import DEFAULT_BATCH_SIZE, UNCALIBRATED_PERCENTILE
 from .device import resolve_device
 from .errors import InputError, ModelError
 from .models import Model, load_model
-from .postprocessing import postprocessing_settings, sample_score, smooth_map, threshold_map
+from .postprocessing import (
+    normalise_map,
+    postprocessing_settings,
+    same_postprocessing,
+    sample_score,
+    smooth_map,
+    threshold_map,
+)
 from .preprocessing import (
     PreparedVolume,
     foreground_image,
@@ -208,7 +215,9 @@ class Detector:
                     foreground: Optional[sitk.Image] = None) -> sitk.Image:
         """Slice maps -> post-processed float32 map on the input grid, zero outside the foreground."""
         foreground = foreground if foreground is not None else foreground_image(prepared)
-        return smooth_map(to_input_grid_image(slice_maps, prepared), foreground, self.settings.postprocessing)
+        settings = self.settings.postprocessing
+        return normalise_map(smooth_map(to_input_grid_image(slice_maps, prepared), foreground, settings), foreground,
+                             settings)
 
     def choose_threshold(self, anomaly_map: sitk.Image, foreground: sitk.Image) -> Tuple[float, str, List[str]]:
         """``(threshold, source, warnings)``: the given number, the card's calibrated threshold for
@@ -220,7 +229,7 @@ class Detector:
         if settings.score in calibration.get("thresholds", {}):
             warnings = []
             calibrated_with = calibration.get("postprocessing")
-            if calibrated_with is not None and dict(calibrated_with) != dict(settings.postprocessing):
+            if calibrated_with is not None and not same_postprocessing(calibrated_with, settings.postprocessing):
                 warnings.append(f"the '{settings.score}' threshold was calibrated with post-processing "
                                 f"{calibrated_with}, not {dict(settings.postprocessing)}; it may not give the "
                                 "calibrated false-positive rate")
@@ -236,7 +245,7 @@ class Detector:
         this score and post-processing) and how many normals that is (``sample_normals``)."""
         calibration = self.model.card.get("calibration", {})
         normals = (calibration.get("sample_scores") or {}).get(self.settings.score)
-        same = dict(calibration.get("postprocessing") or {}) == dict(self.settings.postprocessing)
+        same = same_postprocessing(calibration.get("postprocessing") or {}, self.settings.postprocessing)
         if not normals or not same or not np.isfinite(value):
             return {"sample_percentile": None, "sample_normals": len(normals or [])}
         below = float(np.mean(np.asarray(normals, dtype=np.float64) < value))

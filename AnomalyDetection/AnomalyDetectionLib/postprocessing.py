@@ -1,9 +1,11 @@
 """Post-processing of anomaly maps on the input grid, as in the literature.
 
-Restriction to the foreground, an optional median or Gaussian filter (isolated noisy voxels
-are rarely lesions), and removal of connected components smaller than a minimum size from the
-thresholded mask. The settings live in the model card, because calibrated thresholds are only
-valid for the post-processing they were calibrated with.
+Restriction to the foreground, an optional median or Gaussian filter (isolated noisy voxels are
+rarely lesions), an optional per-scan normalisation (a new person's whole map can sit higher than
+the calibration normals' did, which a fixed threshold turns into false positives), and removal of
+connected components smaller than a minimum size from the thresholded mask. The settings live in
+the model card, because calibrated thresholds are only valid for the post-processing they were
+calibrated with.
 """
 
 from __future__ import annotations
@@ -14,9 +16,13 @@ from typing import Any, Dict, Mapping, Optional
 import numpy as np
 import SimpleITK as sitk
 
-from .catalog import SMOOTHING
+from .catalog import MAP_NORMALISATIONS, SMOOTHING
 
-DEFAULT_POSTPROCESSING: Dict[str, Any] = {"smoothing": "median", "smoothing_size": 1.0, "min_component_voxels": 0}
+DEFAULT_POSTPROCESSING: Dict[str, Any] = {"smoothing": "median", "smoothing_size": 1.0, "normalisation": "none",
+                                          "min_component_voxels": 0}
+
+#: MAD -> standard deviation of a normal distribution.
+_MAD_TO_SD = 1.4826
 
 
 def postprocessing_settings(card: Mapping[str, Any], overrides: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
@@ -29,7 +35,16 @@ def postprocessing_settings(card: Mapping[str, Any], overrides: Optional[Mapping
         raise ValueError(f"unknown post-processing setting(s): {', '.join(sorted(unknown))}")
     if settings["smoothing"] not in SMOOTHING:
         raise ValueError(f"unknown smoothing {settings['smoothing']!r}; choose one of {', '.join(SMOOTHING)}")
+    if settings["normalisation"] not in MAP_NORMALISATIONS:
+        raise ValueError(f"unknown map normalisation {settings['normalisation']!r}; choose one of "
+                         f"{', '.join(MAP_NORMALISATIONS)}")
     return settings
+
+
+def same_postprocessing(first: Mapping[str, Any], second: Mapping[str, Any]) -> bool:
+    """Whether two post-processing settings do the same, an entry either leaves out meaning the
+    engine's default (a card calibrated before a setting existed used that setting's default)."""
+    return {**DEFAULT_POSTPROCESSING, **first} == {**DEFAULT_POSTPROCESSING, **second}
 
 
 def smooth_map(anomaly_map: sitk.Image, foreground: sitk.Image, settings: Mapping[str, Any]) -> sitk.Image:
@@ -43,6 +58,34 @@ def smooth_map(anomaly_map: sitk.Image, foreground: sitk.Image, settings: Mappin
     elif method == "gaussian" and size > 0:
         anomaly_map = sitk.SmoothingRecursiveGaussian(anomaly_map, size)
     return sitk.Mask(sitk.Cast(anomaly_map, sitk.sitkFloat32), foreground)
+
+
+def normalise_map(anomaly_map: sitk.Image, foreground: sitk.Image, settings: Mapping[str, Any]) -> sitk.Image:
+    """The map as ``settings["normalisation"]`` says: unchanged, or (``"scan"``) in robust standard
+    deviations above the scan's own median foreground score, ``max(0, (m - median) / (1.4826 MAD))``.
+
+    Why: a model that knows a few brains scores a new person's whole cortex higher than it scored the
+    calibration normals, so a fixed threshold flags a few per cent of a normal brain. Measured against
+    the scan's own typical voxel, the map keeps its shape (a lesion is a small part of the foreground
+    and hardly moves the median or the MAD) but loses that per-person offset and scale. Values below
+    the median become 0: they are never anomalous, and the map stays non-negative like every score.
+    """
+    if settings.get("normalisation", "none") == "none":
+        return anomaly_map
+    values = sitk.GetArrayFromImage(anomaly_map)
+    inside = sitk.GetArrayViewFromImage(foreground) > 0
+    if not inside.any():
+        return anomaly_map
+    scores = values[inside].astype(np.float64)
+    median = float(np.median(scores))
+    spread = _MAD_TO_SD * float(np.median(np.abs(scores - median)))
+    if not spread > 0:  # a flat map (e.g. a constant scan): nothing stands out
+        spread = float(np.std(scores)) or 1.0
+    normalised = np.zeros_like(values, dtype=np.float32)
+    normalised[inside] = np.maximum((scores - median) / spread, 0.0)
+    image = sitk.GetImageFromArray(normalised)
+    image.CopyInformation(anomaly_map)
+    return image
 
 
 def threshold_map(

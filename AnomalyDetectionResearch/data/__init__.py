@@ -12,10 +12,10 @@ from AnomalyDetectionLib.preprocessing.anatomy import (
     resample_isotropic,
 )
 
-from .benchmark_cases import benchmark_case_specs, held_out_case_specs, iter_benchmark_cases
+from .benchmark_cases import benchmark_case_specs, held_out_case_specs, iter_benchmark_cases, validation_case_specs
 from .fashion_mnist import CLASSES as FASHION_MNIST_CLASSES
 from .fashion_mnist import fashion_mnist_available, load_fashion_mnist
-from .held_out import HELD_OUT, available_held_out, load_held_out
+from .held_out import HELD_OUT, VALIDATION, available_held_out, available_validation, load_held_out
 from .lesions import (
     LESION_TYPES,
     insert_blob,
@@ -33,10 +33,12 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "HELD_OUT",
     "LESION_TYPES",
+    "VALIDATION",
     "SPLIT_SEEDS",
     "anatomy_path",
     "available_anatomy",
     "available_held_out",
+    "available_validation",
     "benchmark_case_specs",
     "brain_mask",
     "fashion_mnist_available",
@@ -57,4 +59,5 @@ __all__ = [
     "population_anatomy",
     "random_normal_subject",
     "resample_isotropic",
+    "validation_case_specs",
 ]

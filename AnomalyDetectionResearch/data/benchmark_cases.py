@@ -30,7 +30,7 @@ import dataclasses
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 from .cases import BenchmarkCase, CaseSpec
-from .held_out import available_held_out, held_out_dir
+from .held_out import available_held_out, available_validation, held_out_dir
 from .lesions import LESION_TYPES
 from .population import make_case, population
 
@@ -109,6 +109,24 @@ def held_out_case_specs() -> List[CaseSpec]:
         raise ValueError(f"no held-out anatomy on this machine ({held_out_dir()}): 'make setup' fetches it")
     kinds = [kind for kind in HELD_OUT_KINDS for _ in range(heads)]
     subjects = population("held_out", len(kinds))
+    return [CaseSpec(subject, kind, 0 if kind is None else LESION_SEED_OFFSET + subject.seed)
+            for subject, kind in zip(subjects, kinds)]
+
+
+#: Kinds of the validation set, for every validation head: four normal cases (per-person false
+#: positives need more than two) and each lesion type.
+VALIDATION_KINDS: Tuple[Optional[str], ...] = (None, None, None, None) + HELD_OUT_KINDS[2:]
+
+
+def validation_case_specs() -> List[CaseSpec]:
+    """The validation set, on which the shipped default is chosen: :data:`VALIDATION_KINDS` on every
+    validation head (templates disjoint from training, calibration and both benchmarks, see
+    :mod:`.held_out`), subjects from the ``validation`` split, laid out as :func:`held_out_case_specs`."""
+    heads = len(available_validation())
+    if not heads:
+        raise ValueError(f"no validation anatomy on this machine ({held_out_dir()}): 'make setup' fetches it")
+    kinds = [kind for kind in VALIDATION_KINDS for _ in range(heads)]
+    subjects = population("validation", len(kinds))
     return [CaseSpec(subject, kind, 0 if kind is None else LESION_SEED_OFFSET + subject.seed)
             for subject, kind in zip(subjects, kinds)]
 

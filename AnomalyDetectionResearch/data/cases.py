@@ -17,7 +17,8 @@ import SimpleITK as sitk
 
 #: Splits of the generated population; each has its own seed range (see ``population.SPLIT_SEEDS``).
 #: ``held_out`` subjects are made from held-out anatomy only (:mod:`.held_out`), for evaluation.
-SPLITS = ("train", "calibration", "benchmark", "held_out")
+#: ``validation`` subjects are made from the validation heads, on which the shipped default is chosen.
+SPLITS = ("train", "calibration", "benchmark", "held_out", "validation")
 
 
 @dataclass(frozen=True)

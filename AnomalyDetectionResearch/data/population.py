@@ -36,7 +36,7 @@ import SimpleITK as sitk
 from AnomalyDetectionLib.preprocessing.anatomy import available_anatomy, brain_mask, load_anatomy
 
 from .cases import SPLITS, BenchmarkCase, CaseSpec, Subject, SubjectSpec
-from .held_out import HELD_OUT, available_held_out, held_out_dir, load_held_out
+from .held_out import HELD_OUT, VALIDATION, available_held_out, available_validation, held_out_dir, load_held_out
 from .lesions import insert_lesion, random_normal_subject
 
 #: Seed range of each split; disjoint, so no two splits ever share a subject or a random draw.
@@ -45,6 +45,7 @@ SPLIT_SEEDS: Dict[str, range] = {
     "calibration": range(10000, 20000),
     "benchmark": range(20000, 30000),
     "held_out": range(30000, 40000),
+    "validation": range(40000, 50000),
 }
 
 #: Native axis orientations (DICOM codes) that subjects cycle through: the usual axial ones, a
@@ -100,8 +101,8 @@ def population(split: str, n: int) -> List[SubjectSpec]:
     seeds = SPLIT_SEEDS[split]
     if not 0 <= n <= len(seeds):
         raise ValueError(f"split {split!r} holds 0 to {len(seeds)} subjects, not {n}")
-    if split == "held_out":
-        return _held_out_population(seeds, n)
+    if split in ("held_out", "validation"):
+        return _head_population(split, seeds, n)
     anatomy = population_anatomy()
     specs = []
     for i in range(n):
@@ -119,17 +120,19 @@ def population(split: str, n: int) -> List[SubjectSpec]:
     return specs
 
 
-def _held_out_population(seeds: range, n: int) -> List[SubjectSpec]:
-    """Subjects cycling over the held-out heads on this machine, each in its own orientation and voxel
-    size as acquired (the point of this split is anatomy; pose, contrast and noise vary as usual)."""
-    names = available_held_out()
+def _head_population(split: str, seeds: range, n: int) -> List[SubjectSpec]:
+    """Subjects cycling over the split's heads (held-out or validation) on this machine, each in its own
+    orientation and voxel size as acquired (the point of these splits is anatomy; pose, contrast and
+    noise vary as usual)."""
+    names = available_held_out() if split == "held_out" else available_validation()
     if not names:
-        raise ValueError(f"no held-out anatomy on this machine ({held_out_dir()}): 'make setup' fetches it")
+        raise ValueError(f"no {split.replace('_', '-')} anatomy on this machine ({held_out_dir()}): "
+                         "'make setup' fetches it")
     specs = []
     for i in range(n):
         image, _ = load_held_out(names[i % len(names)])
         orientation = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
-        specs.append(SubjectSpec(split="held_out", seed=seeds[i], anatomy=names[i % len(names)], skull=True,
+        specs.append(SubjectSpec(split=split, seed=seeds[i], anatomy=names[i % len(names)], skull=True,
                                  orientation=orientation, spacing=tuple(float(s) for s in image.GetSpacing())))
     return specs
 
@@ -183,7 +186,7 @@ def _generate(spec: SubjectSpec, lesion: Optional[str], lesion_seed: int) -> Tup
 def _template_cached(anatomy: str, skull: bool) -> Tuple[sitk.Image, sitk.Image]:
     # Cached because a population generates many subjects from the same three templates, and the
     # MNI brain mask is itself built from two further files; callers get copies.
-    if anatomy in HELD_OUT:  # a real individual or a template no shipped model was trained on; with skull
+    if anatomy in HELD_OUT or anatomy in VALIDATION:  # anatomy no shipped model was trained on; with skull
         return load_held_out(anatomy)
     if anatomy not in _TEMPLATES:
         raise ValueError(f"no population template {anatomy!r}; choose one of {', '.join(_TEMPLATES)}")

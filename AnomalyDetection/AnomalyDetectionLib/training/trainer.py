@@ -24,6 +24,7 @@ from ..atomic import atomic_output
 from ..device import resolve_device
 from ..errors import ModelError
 from ..models import Model, build_model, make_card, negative_elbo, save_model
+from ..postprocessing import postprocessing_settings
 from ..progress import CancelCheck, Progress, ProgressCallback
 from .augmentation import augmentation_settings, make_augmentation, no_augmentation
 from .calibration import DEFAULT_PERCENTILE, calibrate
@@ -69,6 +70,7 @@ def train(
     augmentation: Optional[Mapping[str, Any]] = None,
     calibration_volumes: Optional[Sequence[VolumeInput]] = None,
     percentile: float = DEFAULT_PERCENTILE,
+    postprocessing: Optional[Mapping[str, Any]] = None,
     resume: bool = False,
     name: Optional[str] = None,
     description: str = "",
@@ -93,6 +95,8 @@ def train(
     card = make_card(arch=arch, size=size, latent_dim=latent_dim, channels=channels, beta=beta, norm=norm,
                      slice_axis=slice_axis, foreground=foreground, template=template,
                      name=name or (Path(output).stem if output else f"{arch}-{size}"), description=description)
+    if postprocessing:
+        card["postprocessing"] = postprocessing_settings({}, postprocessing)
 
     train_idx, val_idx = split_volumes(len(normal_volumes), val_fraction, seed)
     slices, owners = extract_slices(normal_volumes, card, steps.sub(0.0, 0.05))
