@@ -22,7 +22,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from AnomalyDetectionLib.device import resolve_device
     from AnomalyDetectionLib.models import load_model
 
-    from .benchmark import format_table, run_benchmark, write_benchmark
+    from .benchmark import ANATOMY_TARGETS, TARGETS, format_table, run_benchmark, write_benchmark
+    from .selection import choose_default
 
     resolve_device(args.device)
     if args.limit is not None and args.limit < 1:
@@ -34,9 +35,12 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     bar = TqdmProgress("benchmark", enabled=not args.quiet)
     try:
         report = run_benchmark(models, cases, scores, device=args.device, batch_size=args.batch_size,
-                               progress=bar, total=total, title=CASE_SET_TITLES[case_set])
+                               progress=bar, total=total, title=CASE_SET_TITLES[case_set],
+                               targets=TARGETS if case_set == "lesion" else ANATOMY_TARGETS)
     finally:
         bar.close()
+    if case_set == "validation":  # the set the shipped default is chosen on
+        report["choice"] = choose_default(report)
     paths = write_benchmark(report, args.output_dir)
     print(format_table(report))
     print(f"{report['n_cases']} cases in {report['seconds_total']:.0f} s; wrote "

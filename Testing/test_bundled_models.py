@@ -53,6 +53,19 @@ def test_bundled_cards_load_and_every_score_is_calibrated(name) -> None:
     assert shipped == json.loads(json.dumps(card))
 
 
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_cards_carry_the_post_processing_the_training_script_writes(name) -> None:
+    """The shipped cards are what ``scripts/train_bundled_models.py`` (the one recipe) writes: its
+    default per-scan map normalisation, and thresholds calibrated with exactly that post-processing."""
+    from AnomalyDetectionLib.postprocessing import postprocessing_settings, same_postprocessing
+
+    script = runpy.run_path(str(ROOT / "scripts" / "train_bundled_models.py"), run_name="recipe")
+    recipe = script["parse_args"]([])
+    card = load_model(name).card
+    assert card["postprocessing"]["normalisation"] == recipe.map_normalisation == "scan"
+    assert same_postprocessing(card["calibration"]["postprocessing"], postprocessing_settings(card))
+
+
 def test_the_ae_latent_size_comes_from_the_documented_rule() -> None:
     card = load_model("brain_t1_ae").card
     rule = card["training"]["latent_rule"]
