@@ -273,19 +273,23 @@ def _run_stage(
     learning_rate: float,
     progress: Progress,
     name: str,
+    voxel_mm: float,
 ) -> Tuple[sitk.Transform, int, str]:
     """One multi-resolution stage optimising ``initial`` in place; returns (it, iterations, stop condition).
 
     Sampling percentages grow at coarse levels (``percentage * factor**3``, at most 1) so every
     level has about the same number of samples: a shrunk level has too few voxels otherwise.
-    Smoothing sigmas are in voxels of the working grid.
+    Smoothing sigmas are in voxels of the working grid (``voxel_mm``) and applied in millimetres:
+    an axis coarser than the working grid (a clinical scan's 5-7 mm slices) keeps its voxels, and
+    a sigma in its own voxels would blur it three times as far as the other axes, which sent thick-
+    slice scans 20 mm off (the README's registration section).
     """
     method = _new_method(fixed_mask, sampling_percentage, seed)
     method.SetMetricSamplingPercentagePerLevel(
         [min(1.0, float(sampling_percentage) * f**3) for f in shrink_factors], _sitk_seed(seed))
     method.SetShrinkFactorsPerLevel([int(f) for f in shrink_factors])
-    method.SetSmoothingSigmasPerLevel([float(s) for s in smoothing_sigmas])
-    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
+    method.SetSmoothingSigmasPerLevel([float(s) * float(voxel_mm) for s in smoothing_sigmas])
+    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     method.SetOptimizerAsRegularStepGradientDescent(
         learningRate=learning_rate, minStep=1e-3, numberOfIterations=MAX_ITERATIONS,
         relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6,
@@ -368,7 +372,7 @@ def register_to_template(
 
     rigid, rigid_iterations, rigid_stop = _run_stage(
         fixed, moving, fixed_mask, initial, shrink_factors, smoothing_sigmas, sampling_percentage, seed,
-        learning_rate=2.0, progress=steps.sub(0.1, 0.5), name="rigid",
+        learning_rate=2.0, progress=steps.sub(0.1, 0.5), name="rigid", voxel_mm=working_spacing_mm,
     )
     affine = sitk.AffineTransform(3)
     affine.SetCenter(rigid.GetCenter())
@@ -376,7 +380,7 @@ def register_to_template(
     affine.SetTranslation(rigid.GetTranslation())
     affine, affine_iterations, affine_stop = _run_stage(
         fixed, moving, fixed_mask, affine, shrink_factors, smoothing_sigmas, sampling_percentage, seed,
-        learning_rate=1.0, progress=steps.sub(0.5, 0.9), name="affine",
+        learning_rate=1.0, progress=steps.sub(0.5, 0.9), name="affine", voxel_mm=working_spacing_mm,
     )
 
     steps.report(0.9, "registration: quality check")
