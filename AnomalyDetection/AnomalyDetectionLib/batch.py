@@ -111,6 +111,7 @@ class Batch:
                                   "written so far is complete") from None
             self._write_summary()
             yield outcome
+            outcome.result = None  # on disk now; a cohort must not pile its maps up in memory
         steps.report(1.0, f"{count} input(s) done")
 
     # ------------------------------------------------------------------------------ steps
