@@ -296,6 +296,10 @@ def test_batch_goes_on_and_leaves_no_temporary_file(batch_run) -> None:
     assert len(batch_run["errors"]) == refused
     assert f"{refused} of {refused + len(PROCESSED)} input(s) failed" in batch_run["stderr"]
     assert not [p for p in batch_run["out"].iterdir() if p.name.startswith(".")]
+    stems = {case["case"] for case in batch_run["summary"].values()}
+    others = [line for line in batch_run["stderr"].splitlines() if not line.startswith("anomaly-detection: ")
+              and line.split(":")[0] not in stems]
+    assert not others, f"stray lines on stderr: {others}"
 
 
 def test_negative_spacing_moves_into_the_direction(batch_run) -> None:

@@ -139,7 +139,8 @@ class Batch:
                 if differences:
                     raise OutputExistsError(
                         f"{targets['map'].with_name(outcome.case + '_*')}: outputs of another run are there "
-                        f"({', '.join(differences)} differ); --overwrite replaces them")
+                        f"({', '.join(differences)} {'differs' if len(differences) == 1 else 'differ'}); "
+                        "--overwrite replaces them")
                 outcome.status, outcome.note = "skipped", "outputs of this input and settings already there"
                 outcome.outputs = {key: str(target) for key, target in targets.items()}
                 return

@@ -121,10 +121,12 @@ def check_nifti_data(path: Path) -> None:
     falsified scan). Only called for files ITK has read already, so nibabel sees a valid header.
     """
     import nibabel as nib  # on use: reading NRRD, MHA or DICOM needs no nibabel
+    from nibabel.imageglobals import LoggingOutputSuppressor
 
     try:
-        image = nib.load(str(path))
-        data = np.asanyarray(image.dataobj)
+        with LoggingOutputSuppressor():  # nibabel logs the header repairs it makes; the error below says it once
+            image = nib.load(str(path))
+            data = np.asanyarray(image.dataobj)
     except (OSError, EOFError, ValueError) as exc:  # truncated gzip stream, short data, bad header
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{path}: truncated or corrupt NIfTI data ({detail})") from None
