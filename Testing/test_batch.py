@@ -92,11 +92,13 @@ def test_another_runs_outputs_are_kept_unless_overwrite(tmp_path, model_path, ca
     assert detect(model_path, out, first) == 0
     before = {p.name: p.read_bytes() for p in out.glob("scan_*")}
     capsys.readouterr()
-    assert detect(model_path, out, second) == 2
+    third = scan(tmp_path / "c" / "other.nrrd", 3)
+    assert detect(model_path, out, second, third) == 2
     err = capsys.readouterr().err.splitlines()
     assert "outputs of another run are there (input differs); --overwrite replaces them" in err[0]
     assert str(out / "scan_*") in err[0]
     assert {p.name: p.read_bytes() for p in out.glob("scan_*")} == before
+    assert (out / "other_report.json").is_file()  # the batch went on past the taken name
     assert detect(model_path, out, first, extra=["--threshold", "0.5"]) == 2  # same input, other settings
     assert "(threshold differs)" in capsys.readouterr().err
     assert detect(model_path, out, second, extra=["--overwrite"]) == 0
@@ -117,3 +119,23 @@ def test_case_stems_are_distinct_and_stable(tmp_path) -> None:
         case_stems([Path("/d/scan.nrrd"), Path("/d/../d/scan.nrrd")])
     (tmp_path / "a.nrrd").write_bytes(b"")
     assert expand_inputs([str(tmp_path / "a.nrrd"), str(tmp_path), str(tmp_path / "*.nrrd")]) == [tmp_path / "a.nrrd"]
+
+
+def test_cancel_mid_batch_keeps_complete_sets(tmp_path, model_path) -> None:
+    """Cancelling (Slicer's Cancel button, through ``processFolder``) stops between scans or inside one:
+    the sets already written stay whole, nothing of the cancelled scan remains, the summary says so."""
+    from AnomalyDetectionLib import Cancelled, Detector, run_batch
+
+    inputs = [scan(tmp_path / "in" / f"s{i}.nii.gz", i) for i in range(3)]
+    out = tmp_path / "out"
+    state = {"stop": False}
+
+    def progress(fraction: float, message: str) -> None:
+        if fraction > 0.4:  # inside the second scan
+            state["stop"] = True
+
+    with pytest.raises(Cancelled):
+        run_batch(Detector(model_path, device="cpu"), inputs, out, progress=progress, cancel=lambda: state["stop"])
+    assert sorted(p.name for p in out.glob("s*")) == [f"s0{x}" for x in sorted(SUFFIXES)]
+    summary = json.loads((out / "anomaly_detection_run.json").read_text())
+    assert [c["status"] for c in summary["cases"]] == ["done", "not run", "not run"]

@@ -97,8 +97,8 @@ class Batch:
         steps = Progress(progress, cancel)
         count = len(self.outcomes)
         for index, (path, outcome) in enumerate(zip(self.inputs, self.outcomes)):
-            steps.report(index / count, f"{outcome.case} ({index + 1}/{count})")
             try:
+                steps.report(index / count, f"{outcome.case} ({index + 1}/{count})")
                 self._run_one(path, outcome, steps.sub(index / count, (index + 1) / count), cancel)
             except (OutputError, Cancelled) as exc:
                 if isinstance(exc, OutputError):
@@ -151,6 +151,9 @@ class Batch:
             result = self.detector.detect(path, name=os.path.abspath(path), progress=progress.as_callback(),
                                           cancel=cancel)
             written = write_detection(self.output_dir, outcome.case, result)
+        except OutputExistsError as exc:  # this input's names are taken: the others may go on
+            outcome.status, outcome.error = "failed", str(exc)
+            return
         except (OutputError, Cancelled):
             raise
         except AnomalyDetectionError as exc:
