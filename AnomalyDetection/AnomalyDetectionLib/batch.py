@@ -144,12 +144,12 @@ class Batch:
                 outcome.status, outcome.note = "skipped", "outputs of this input and settings already there"
                 outcome.outputs = {key: str(target) for key, target in targets.items()}
                 return
-            if present:
+            result = self.detector.detect(path, name=os.path.abspath(path), progress=progress.as_callback(),
+                                          cancel=cancel)
+            if present:  # a failed detection above leaves the earlier set as it was
                 outcome.note = ("replacing the earlier outputs" if "report" in present
                                 else "redoing the incomplete outputs of an interrupted run")
                 self._unlink(targets["report"])  # the set is incomplete until the new report lands
-            result = self.detector.detect(path, name=os.path.abspath(path), progress=progress.as_callback(),
-                                          cancel=cancel)
             written = write_detection(self.output_dir, outcome.case, result)
         except OutputExistsError as exc:  # this input's names are taken: the others may go on
             outcome.status, outcome.error = "failed", str(exc)
