@@ -104,6 +104,10 @@ def test_another_runs_outputs_are_kept_unless_overwrite(tmp_path, model_path, ca
     assert detect(model_path, out, second, extra=["--overwrite"]) == 0
     report = json.loads((out / "scan_report.json").read_text())
     assert report["input"] == str(second.absolute())
+    replaced = {p.name: p.read_bytes() for p in out.glob("scan_*")}
+    second.write_bytes(b"no longer an image")  # --overwrite with an input that now fails: the set stays whole
+    assert detect(model_path, out, second, extra=["--overwrite"]) == 2
+    assert {p.name: p.read_bytes() for p in out.glob("scan_*")} == replaced
 
 
 def test_case_stems_are_distinct_and_stable(tmp_path) -> None:
