@@ -930,18 +930,22 @@ class AnomalyDetectionLogic(ScriptedLoadableModuleLogic):
         postprocessing: Optional[Mapping[str, Any]] = None,
         progress: Optional[ProgressCallback] = None,
         cancel: Optional[CancelCheck] = None,
+        overwrite: bool = False,
     ) -> Path:
         """Detect anomalies in every volume of ``inputDir`` (files only, no scene); returns the metrics CSV.
 
         Writes ``<stem>_anomaly.nii.gz``, ``<stem>_mask.nii.gz``, ``<stem>_foreground.nii.gz`` (the
         region scored) and ``<stem>_report.json`` per input into ``outputDir``, and one CSV row per
-        input (with Dice, AUROC, AUPRC when ``truthDir`` holds ``<stem>`` or ``<stem>_*``). A bad
-        input is an ``error`` row; the run goes on.
+        input (with Dice, AUROC, AUPRC when ``truthDir`` holds ``<stem>`` or ``<stem>_*``), plus the
+        run summary ``anomaly_detection_run.json``/``.csv``. Inputs of the same file name get distinct
+        stems; outputs already there are kept (same settings: skipped, so a rerun resumes; another
+        run's: an error row) unless ``overwrite``. A bad input is an ``error`` row; the run goes on.
         """
         detector = self.detector(model, score, threshold, device, batchSize, scoreParams, postprocessing)
         from AnomalyDetectionMRML import process_folder
 
-        return process_folder(inputDir, outputDir, detector, truth_dir=truthDir, progress=progress, cancel=cancel)
+        return process_folder(inputDir, outputDir, detector, truth_dir=truthDir, progress=progress, cancel=cancel,
+                              overwrite=overwrite)
 
     def outputsFor(self, mapNode, segmentationNode, foregroundNode=None, previous=None):
         """``DetectionOutputs`` naming the nodes to overwrite (None: let ``process`` create them)."""

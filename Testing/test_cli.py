@@ -88,8 +88,11 @@ def test_detect_goes_on_past_a_bad_input(tiny_vae, case_dir, tmp_path, capsys) -
     err = capsys.readouterr().err
     assert "broken.nii.gz: cannot be read as an image" in err
     assert "missing.nii.gz: no such file" in err and "2 of 3 input(s) failed" in err
-    assert sorted(p.name for p in out.iterdir()) == ["normal_anomaly.nii.gz", "normal_foreground.nii.gz",
+    assert sorted(p.name for p in out.iterdir()) == ["anomaly_detection_run.csv", "anomaly_detection_run.json",
+                                                     "normal_anomaly.nii.gz", "normal_foreground.nii.gz",
                                                      "normal_mask.nii.gz", "normal_report.json"]
+    summary = json.loads((out / "anomaly_detection_run.json").read_text())
+    assert [c["status"] for c in summary["cases"]] == ["failed", "done", "failed"]
 
 
 @pytest.mark.parametrize("argv, message", [

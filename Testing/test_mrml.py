@@ -375,17 +375,56 @@ def test_second_run_reuses_output_nodes(volume, scene, model_path):
 # ------------------------------------------------------------------------------------ bad inputs
 
 
-def test_bad_inputs_raise_and_leave_no_node(volume, scene, model_path, tmp_path):
+def fingerprint(node) -> tuple:
+    """What must not change on an input node: its voxels (checksum), IJK-to-RAS and parent transform."""
+    import hashlib
+
+    image = node.GetImageData()
+    scalars = image.GetPointData().GetScalars() if image is not None else None
+    voxels = hashlib.sha256(np.ascontiguousarray(vtk_to_numpy(scalars)).tobytes()).hexdigest() if scalars else None
+    return voxels, matrix_of(node).tobytes(), node.GetTransformNodeID(), node.GetName()
+
+
+def scene_state(scene) -> list:
+    """The scene's node IDs with each node's class and name: a failed detection must leave it so."""
+    return [(n.GetID(), n.GetClassName(), n.GetName()) for n in (scene.GetNthNode(i)
+                                                                 for i in range(scene.GetNumberOfNodes()))]
+
+
+def test_bad_inputs_raise_and_leave_no_node(volume, scene, model_path, tmp_path, monkeypatch):
+    """Every error path that reaches ``process`` (bad node, bad model, bad settings, engine refusal,
+    cancel at any point, a failure while the output nodes are made) raises, adds no node, and leaves
+    every input node as it was: voxel checksum, IJK-to-RAS and parent transform compared before and after."""
+    import importlib
+
+    process_module = importlib.import_module("AnomalyDetectionMRML.process")  # the package exports process()
+
     empty = slicer.vtkMRMLScalarVolumeNode()
     empty.SetName("nothing loaded")
     scene.AddNode(empty)
     rgb = add_volume(scene, np.zeros(SHAPE + (3,), dtype=np.uint8), "colour photo",
                      cls=slicer.vtkMRMLVectorVolumeNode, components=3)
-    # a model file whose card does not describe its weights
+    with_nan = phantom()
+    with_nan[12, 16, 14] = np.nan
+    nan_node = add_volume(scene, with_nan, "with NaN")
+    sheared = add_volume(scene, phantom(), "sheared")
+    shear = oblique_matrix()
+    shear[:3, 1] += 0.5 * shear[:3, 0]
+    sheared.SetIJKToRASMatrix(to_vtk_matrix(shear))
+    singular = add_volume(scene, phantom(), "singular")
+    flat = oblique_matrix()
+    flat[:3, 1] = flat[:3, 0]
+    singular.SetIJKToRASMatrix(to_vtk_matrix(flat))
+    transform = slicer.vtkMRMLLinearTransformNode()
+    scene.AddNode(transform)
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    # a model file whose card does not describe its weights, and one that is cut short
     payload = torch.load(str(model_path), weights_only=True)
     payload["card"]["latent_dim"] = 7
     mismatched = tmp_path / "mismatched.pt"
     torch.save(payload, str(mismatched))
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(model_path.read_bytes()[:2000])
 
     # the proxy of a 4D sequence: a 3D volume node that shows one of several frames
     sequence = slicer.vtkMRMLSequenceNode()
@@ -400,7 +439,21 @@ def test_bad_inputs_raise_and_leave_no_node(volume, scene, model_path, tmp_path)
     proxy = add_volume(scene, phantom(), "dynamic")
     browser.AddProxyNode(proxy, sequence, False)
 
-    count = scene.GetNumberOfNodes()
+    inputs = [volume, empty, rgb, nan_node, sheared, singular, proxy]
+    before = [fingerprint(node) for node in inputs]
+    state = scene_state(scene)
+
+    def cancel_after(calls: int):
+        count = {"n": 0}
+
+        def cancel() -> bool:
+            count["n"] += 1
+            return count["n"] > calls
+        return cancel
+
+    def failing_segment(*args, **kwargs):
+        raise RuntimeError("injected failure while the segmentation is made")
+
     with pytest.raises(InputError, match="dynamic.*4D sequence of 2"):
         run(proxy, model_path)
     with pytest.raises(InputError, match="nothing loaded.*no image data"):
@@ -409,13 +462,28 @@ def test_bad_inputs_raise_and_leave_no_node(volume, scene, model_path, tmp_path)
         run(rgb, model_path)
     with pytest.raises(InputError, match="no input volume"):
         run(None, model_path)
+    with pytest.raises(InputError, match="with NaN: 1 voxels are NaN or Inf"):
+        run(nan_node, model_path)
+    with pytest.raises(InputError, match="sheared.*not orthonormal"):
+        run(sheared, model_path)
+    with pytest.raises(InputError, match="singular.*singular"):
+        run(singular, model_path)
     with pytest.raises(ModelError, match="do not match the model card"):
         run(volume, mismatched)
+    with pytest.raises(ModelError, match="truncated.pt: not a model file"):
+        run(volume, truncated)
     with pytest.raises(ModelError, match="unknown score"):
         run(volume, model_path, score="magic")
     with pytest.raises(Cancelled):
         run(volume, model_path, cancel=lambda: True)
-    assert scene.GetNumberOfNodes() == count
+    for calls in range(1, 9):  # at each of the 9 checks of this run: preparing, scoring, the extra score, ...
+        with pytest.raises(Cancelled):
+            run(volume, model_path, cancel=cancel_after(calls), extra_scores=("reconstruction",))
+    monkeypatch.setattr(process_module, "set_anomaly_segment", failing_segment)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        run(volume, model_path)
+    assert scene_state(scene) == state
+    assert [fingerprint(node) for node in inputs] == before
 
 
 # ----------------------------------------------------------------------------------------- batch
@@ -446,3 +514,25 @@ def test_process_folder_writes_maps_and_csv(tmp_path, model_path):
     assert 0.0 <= float(rows["case_a"]["dice"]) <= 1.0 and float(rows["case_a"]["voxel_auroc"]) > 0.0
     assert rows["case_b"]["dice"] == "" and rows["case_b"]["truth"] == ""
     assert not (out / "broken_anomaly.nii.gz").exists()
+
+
+def test_process_folder_keeps_same_named_inputs_apart_and_resumes(tmp_path, model_path):
+    """``scan.nii.gz`` and ``scan.nrrd`` of one folder get two output sets; a second call skips both
+    (the batch runner's resume), and the inputs are left byte for byte."""
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for name, seed in (("scan.nii.gz", 1), ("scan.nrrd", 2)):
+        image = sitk.GetImageFromArray(phantom(seed))
+        image.SetSpacing(SPACING)
+        sitk.WriteImage(image, str(inputs / name))
+    before = {p.name: p.read_bytes() for p in inputs.iterdir()}
+    detector = Detector(model_path, device="cpu")
+    rows = list(csv.DictReader(open(process_folder(inputs, out, detector), encoding="utf-8")))
+    assert [(r["case"], r["status"]) for r in rows] == [("scan_nii_gz", "done"), ("scan_nrrd", "done")]
+    for case in ("scan_nii_gz", "scan_nrrd"):
+        for suffix in ("_anomaly.nii.gz", "_mask.nii.gz", "_foreground.nii.gz", "_report.json"):
+            assert (out / f"{case}{suffix}").is_file()
+    assert (out / "anomaly_detection_run.json").is_file()
+    rows = list(csv.DictReader(open(process_folder(inputs, out, detector), encoding="utf-8")))
+    assert [r["status"] for r in rows] == ["skipped", "skipped"]
+    assert {p.name: p.read_bytes() for p in inputs.iterdir()} == before

@@ -19,7 +19,15 @@ from __future__ import annotations
 import importlib
 from typing import Any, Dict, List
 
-from .errors import AnomalyDetectionError, Cancelled, DeviceError, InputError, ModelError
+from .errors import (
+    AnomalyDetectionError,
+    Cancelled,
+    DeviceError,
+    InputError,
+    ModelError,
+    OutputError,
+    OutputExistsError,
+)
 from .version import __version__
 
 #: Public name -> module (relative to this package) that defines it; loaded on first access.
@@ -32,6 +40,7 @@ _LAZY: Dict[str, str] = {
     "detect": ".pipeline",
     "reconstruct": ".pipeline",
     "write_detection": ".pipeline",
+    "run_batch": ".batch",
     "Model": ".models",
     "load_model": ".models",
     "save_model": ".models",
@@ -42,11 +51,11 @@ _LAZY: Dict[str, str] = {
 
 __all__ = [
     "DEFAULT_MODEL", "SCORES", "AnomalyDetectionError", "Cancelled", "DetectionResult", "DetectionSettings", "Detector",
-    "DeviceError", "InputError", "Model", "ModelError", "__version__", "calibrate", "detect", "evaluate", "load_model",
-    "reconstruct", "save_model", "train", "write_detection",
+    "DeviceError", "InputError", "Model", "ModelError", "OutputError", "OutputExistsError", "__version__", "calibrate",
+    "detect", "evaluate", "load_model", "reconstruct", "run_batch", "save_model", "train", "write_detection",
 ]
 assert set(__all__) == set(_LAZY) | {"AnomalyDetectionError", "Cancelled", "DeviceError", "InputError", "ModelError",
-                                     "__version__"}
+                                     "OutputError", "OutputExistsError", "__version__"}
 
 
 def __getattr__(name: str) -> Any:

@@ -135,41 +135,62 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from .pipeline import Detector, write_detection
-    from .preprocessing.io import case_stem, expand_inputs
+    from .batch import Batch
+    from .pipeline import Detector
+    from .preprocessing.io import expand_inputs
 
     threshold: Any = args.threshold if args.threshold == "auto" else _float(args.threshold, "--threshold")
     detector = Detector(args.model, score=args.score, threshold=threshold, score_params=_parse_params(args.param),
                         postprocessing={"smoothing": args.smoothing, "smoothing_size": args.smoothing_size},
                         device=args.device, batch_size=args.batch_size)  # fails once, not per input
-    inputs = expand_inputs(args.inputs)
-    output_dir = Path(args.output_dir)
-    failures = 0
-    for path in inputs:
-        stem = case_stem(path)
-        bar = TqdmProgress(stem, enabled=not args.quiet)
-        try:
-            result = detector.detect(path, progress=bar)
-            write_detection(output_dir, stem, result)
-        except AnomalyDetectionError as exc:
-            failures += 1
+    batch = Batch(detector, expand_inputs(args.inputs), Path(args.output_dir), overwrite=args.overwrite)
+    for path in batch.removed_temporaries:
+        print(f"removed {path.name}, a temporary file of an interrupted run", file=sys.stderr)
+    bar: Optional[TqdmProgress] = None
+
+    def progress(fraction: float, message: str) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = TqdmProgress("detect", enabled=not args.quiet)
+        bar(fraction, message)
+
+    try:
+        for outcome in batch.run(progress=progress):
+            if bar is not None:
+                bar.close()
+                bar = None
+            _print_outcome(outcome)
+    finally:
+        if bar is not None:
             bar.close()
-            print(f"anomaly-detection: error: {exc}", file=sys.stderr)
-            continue
-        bar.close()
-        report = result.report
-        percentile = report["sample_percentile"]
-        where = (f" (above {percentile:g} % of {report['sample_normals']} normal scans)"
-                 if percentile is not None else "")
-        print(f"{stem}: {report['score']} sample score {report['sample_score']:.4g}{where}, threshold "
-              f"{report['threshold']:.4g} ({report['threshold_source']}), {report['anomalous_volume_ml']:.2f} mL "
-              f"anomalous, {report['timings']['total_s']:.1f} s")
-        for warning in report["warnings"]:
-            print(f"{stem}: warning: {warning}", file=sys.stderr)
+    failures = sum(o.status == "failed" for o in batch.outcomes)
+    print(f"run summary: {batch.summary_paths['json']}")
     if failures:
-        print(f"anomaly-detection: {failures} of {len(inputs)} input(s) failed", file=sys.stderr)
+        print(f"anomaly-detection: {failures} of {len(batch.outcomes)} input(s) failed", file=sys.stderr)
         return EXIT_USER_ERROR
     return 0
+
+
+def _print_outcome(outcome: Any) -> None:
+    """One line per input: its result, why it was skipped, or its error."""
+    stem = outcome.case
+    if outcome.status == "failed":
+        print(f"anomaly-detection: error: {outcome.error}", file=sys.stderr)
+        return
+    if outcome.status == "skipped":
+        print(f"{stem}: skipped, {outcome.note} ({outcome.outputs['report']}; --overwrite redoes it)")
+        return
+    report = outcome.result.report
+    percentile = report["sample_percentile"]
+    where = (f" (above {percentile:g} % of {report['sample_normals']} normal scans)"
+             if percentile is not None else "")
+    print(f"{stem}: {report['score']} sample score {report['sample_score']:.4g}{where}, threshold "
+          f"{report['threshold']:.4g} ({report['threshold_source']}), {report['anomalous_volume_ml']:.2f} mL "
+          f"anomalous, {report['timings']['total_s']:.1f} s")
+    if outcome.note:
+        print(f"{stem}: note: {outcome.note}", file=sys.stderr)
+    for warning in report["warnings"]:
+        print(f"{stem}: warning: {warning}", file=sys.stderr)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -286,7 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     de = sub.add_parser("detect", help="anomaly map, mask and report for each input volume")
     de.add_argument("inputs", nargs="+", help="volumes: files, DICOM folders, folders of files or globs")
-    de.add_argument("--output-dir", "-o", required=True)
+    de.add_argument("--output-dir", "-o", required=True,
+                    help="folder for <case>_anomaly/_mask/_foreground.nii.gz, <case>_report.json and the run summary "
+                    "anomaly_detection_run.json/.csv (input path -> status and outputs); inputs with the same file "
+                    "name get their folder names prefixed (p001/T1.nii.gz -> p001_T1)")
+    de.add_argument("--overwrite", action="store_true",
+                    help="replace outputs already in the folder; without it an input whose outputs from the same "
+                    "settings are there is skipped (a rerun resumes), and other runs' outputs are an error")
     de.add_argument("--model", "-m", help="model file or bundled model name")
     de.add_argument("--score", choices=SCORES, metavar="SCORE",
                     help="anomaly score (default: the model's): " + "; ".join(

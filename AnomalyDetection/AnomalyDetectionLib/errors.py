@@ -25,5 +25,16 @@ class DeviceError(AnomalyDetectionError):
     """The requested compute device is not available (e.g. ``cuda`` without CUDA)."""
 
 
+class OutputError(AnomalyDetectionError):
+    """An output cannot be written (folder read-only or full): a batch stops here, keeping what is complete."""
+
+
+class OutputExistsError(OutputError):
+    """The output folder holds another run's outputs of the same name; only ``--overwrite`` replaces them.
+
+    Unlike a failed write this concerns one input, so a batch records it and goes on.
+    """
+
+
 class Cancelled(AnomalyDetectionError):
     """The caller's cancel check asked to stop; nothing was written."""

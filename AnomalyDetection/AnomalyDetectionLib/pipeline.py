@@ -16,6 +16,7 @@ ensemble's members) uses the same steps instead of repeating them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -29,8 +30,8 @@ import SimpleITK as sitk
 import torch
 
 from .catalog import DEFAULT_BATCH_SIZE, UNCALIBRATED_PERCENTILE
-from .device import resolve_device
-from .errors import InputError, ModelError
+from .device import ComputeRun, resolve_device, with_memory_fallback
+from .errors import ModelError, OutputError
 from .models import Model, load_model
 from .postprocessing import (
     normalise_map,
@@ -195,20 +196,36 @@ class Detector:
         return prepare_volume(image, self.model.card, name, progress, registration=registration)
 
     def score(self, prepared: PreparedVolume, progress: Optional[Progress] = None,
-              member_maps: Optional[Mapping[str, np.ndarray]] = None) -> np.ndarray:
+              member_maps: Optional[Mapping[str, np.ndarray]] = None,
+              compute: Optional[List[ComputeRun]] = None) -> np.ndarray:
         """Slice maps ``(n, 1, size, size)`` of the settings' score; slices without foreground score 0.
 
         ``member_maps``: slice maps of this volume already computed with the ensemble members'
-        default parameters, which the ensemble then reuses.
+        default parameters, which the ensemble then reuses. A CUDA out-of-memory error retries at
+        smaller batches, then on the CPU (:func:`~.device.with_memory_fallback`); ``compute``, if
+        given, receives where the scoring ran in the end, with the fallback's warnings.
         """
         settings = self.settings
         maps = np.zeros(prepared.slices.shape, dtype=np.float32)
         occupied = prepared.foreground_fraction() > 0
+        home = self.model.device
+        run = ComputeRun(settings.batch_size, str(home))
         if occupied.any():
             reuse = {name: values[occupied] for name, values in (member_maps or {}).items()}
-            maps[occupied] = score_slices(self.model, prepared.slices[occupied], settings.score,
-                                          dict(settings.score_params), settings.batch_size,
-                                          prepared.slice_foreground[occupied], progress, reuse)
+
+            def score_at(batch_size: int) -> np.ndarray:
+                return score_slices(self.model, prepared.slices[occupied], settings.score,
+                                    dict(settings.score_params), batch_size,
+                                    prepared.slice_foreground[occupied], progress, reuse)
+
+            try:
+                maps[occupied], run = with_memory_fallback(score_at, settings.batch_size, home, self.model.to,
+                                                           f"'{settings.score}' score")
+            finally:
+                if self.model.device != home:
+                    self.model.to(home)  # the next scan tries the chosen device again
+        if compute is not None:
+            compute.append(run)
         return maps
 
     def anomaly_map(self, slice_maps: np.ndarray, prepared: PreparedVolume,
@@ -285,13 +302,15 @@ class Detector:
         newly_registered = prepared.registration is not None and (
             reuse is None or reuse.registration is not prepared.registration)
         prepared_at = time.perf_counter()
-        slice_maps = self.score(prepared, steps.sub(0.05, 0.9), member_maps)
+        compute: List[ComputeRun] = []
+        slice_maps = self.score(prepared, steps.sub(0.05, 0.9), member_maps, compute)
         scored_at = time.perf_counter()
         foreground = foreground_image(prepared)
         anomaly_map = self.anomaly_map(slice_maps, prepared, foreground)
         threshold, source, warnings = self.choose_threshold(anomaly_map, foreground)
         if prepared.registration is not None:
             warnings = list(prepared.registration.warnings) + warnings
+        warnings = list(compute[0].warnings) + warnings
         mask = self.mask(anomaly_map, foreground, threshold)
         steps.report(1.0, f"{name}: done")
         finished = time.perf_counter()
@@ -303,7 +322,7 @@ class Detector:
             "total_s": round(finished - started, 3),
         }
         report = self._report(image, name, prepared, anomaly_map, mask, foreground, threshold, source, warnings,
-                              timings)
+                              timings, compute[0])
         return DetectionResult(anomaly_map=anomaly_map, mask=mask, foreground=foreground, report=report,
                                prepared=prepared, slice_maps=slice_maps if keep_slice_maps else None)
 
@@ -339,7 +358,7 @@ class Detector:
 
     def _report(self, image: sitk.Image, name: str, prepared: PreparedVolume, anomaly_map: sitk.Image,
                 mask: sitk.Image, foreground: sitk.Image, threshold: float, source: str, warnings: List[str],
-                timings: Mapping[str, float]) -> Dict[str, Any]:
+                timings: Mapping[str, float], compute: ComputeRun) -> Dict[str, Any]:
         model, settings = self.model, self.settings
         voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
         anomalous = int(sitk.GetArrayViewFromImage(mask).sum())
@@ -363,8 +382,8 @@ class Detector:
             "slices_scored": int((prepared.foreground_fraction() > 0).sum()),
             "size": list(image.GetSize()),
             "spacing": list(image.GetSpacing()),
-            "device": str(model.device),
-            "batch_size": settings.batch_size,
+            "device": compute.device,
+            "batch_size": compute.batch_size,
             "timings": dict(timings),
             "engine_version": __version__,
             "template": model.card.get("template"),
@@ -413,10 +432,13 @@ def write_detection(output_dir: Union[str, os.PathLike[str]], stem: str, result:
         for key, image in (("map", result.anomaly_map), ("mask", result.mask), ("foreground", result.foreground)):
             write_image_atomic(image, targets[key])
             written.append(targets[key])
-        write_text_atomic(json.dumps(result.report, indent=2) + "\n", targets["report"])
+        write_text_atomic(json.dumps(result.report, indent=2) + "\n", targets["report"])  # last: marks the set whole
         written.append(targets["report"])
     except (OSError, RuntimeError) as exc:
         for path in written:
-            path.unlink()
-        raise InputError(f"{output_dir}: cannot write outputs of {stem} ({exc})") from None
+            with contextlib.suppress(OSError):
+                path.unlink()
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[-1:]
+        raise OutputError(f"{output_dir}: cannot write the outputs of {stem} "
+                          f"({detail if isinstance(detail, str) else ''.join(detail) or type(exc).__name__})") from None
     return written

@@ -121,6 +121,8 @@ def volume_node_to_image(volume_node) -> sitk.Image:
     spacing = np.linalg.norm(linear, axis=0)
     if np.any(spacing <= 0) or not np.all(np.isfinite(m)):
         raise InputError(f"{_describe(volume_node)}: its IJK-to-RAS matrix is degenerate (spacing {tuple(spacing)})")
+    if abs(np.linalg.det(linear / spacing)) < 1e-6:  # SimpleITK would refuse it with a bare RuntimeError
+        raise InputError(f"{_describe(volume_node)}: its IJK-to-RAS matrix is singular (two axes are parallel)")
     image = sitk.GetImageFromArray(array)
     image.SetSpacing(tuple(float(s) for s in spacing))
     image.SetOrigin(tuple(float(v) for v in _FLIP @ (m @ start)[:3]))

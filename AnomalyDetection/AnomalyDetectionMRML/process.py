@@ -17,14 +17,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
-from AnomalyDetectionLib.errors import AnomalyDetectionError, Cancelled, InputError
+from AnomalyDetectionLib.errors import AnomalyDetectionError, InputError
 from AnomalyDetectionLib.evaluation.against_truth import csv_text, evaluate_case, match_files
-from AnomalyDetectionLib.preprocessing.io import case_stem, expand_inputs, read_volume, write_text_atomic
+from AnomalyDetectionLib.preprocessing.io import expand_inputs, read_volume, write_text_atomic
 from AnomalyDetectionLib.progress import Progress
 
 from .display import show_anomaly_map
@@ -183,59 +182,57 @@ def process_folder(
     truth_dir: Optional[Union[str, os.PathLike[str]]] = None,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelCheck] = None,
+    overwrite: bool = False,
 ) -> Path:
     """Detect anomalies in every volume of ``input_dir`` with ``detector``; write maps, masks, reports and a CSV.
 
     Per input ``<stem>``: ``output_dir/<stem>_anomaly.nii.gz``, ``_mask.nii.gz``, ``_foreground.nii.gz``
-    and ``_report.json`` (as ``anomaly-detection detect`` writes them). The CSV
-    (:data:`RESULTS_CSV`) has one row per input: model, score, threshold, sample score, anomalous
-    volume and, when ``truth_dir`` holds ``<stem>`` or ``<stem>_*``, voxel AUROC, AUPRC, Dice and
-    best Dice inside the engine's foreground mask. A bad input is recorded in the ``error`` column
-    and the run goes on; cancelling stops it at once. Returns the CSV's path. Uses no scene.
+    and ``_report.json``, through the engine's batch runner (:class:`~AnomalyDetectionLib.batch.Batch`),
+    as ``anomaly-detection detect`` writes them: distinct stems, outputs of an earlier run kept
+    (an input whose outputs from the same settings are there is skipped, so a rerun resumes;
+    another run's outputs are an error unless ``overwrite``), the run summary
+    ``anomaly_detection_run.json``/``.csv`` beside them. The CSV (:data:`RESULTS_CSV`) has one row
+    per input: status, model, score, threshold, sample score, anomalous volume and, when
+    ``truth_dir`` holds ``<stem>`` or ``<stem>_*``, voxel AUROC, AUPRC, Dice and best Dice inside
+    the engine's foreground mask (for inputs detected in this run). A bad input is recorded in
+    the ``error`` column and the run goes on; a folder that cannot be written stops it
+    (:class:`~AnomalyDetectionLib.errors.OutputError`); cancelling stops it at once. Returns the
+    CSV's path. Uses no scene.
     """
-    from AnomalyDetectionLib.pipeline import write_detection
+    from AnomalyDetectionLib.batch import Batch
 
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.is_dir():
         raise InputError(f"{input_dir}: no such folder")
-    inputs = expand_inputs([str(input_dir)])
-    stems = [case_stem(p) for p in inputs]
-    truths = match_files(stems, truth_dir, "truth") if truth_dir is not None else {}
-    output_dir.mkdir(parents=True, exist_ok=True)
+    batch = Batch(detector, expand_inputs([str(input_dir)]), output_dir, overwrite=overwrite)
+    truths = match_files([o.case for o in batch.outcomes], truth_dir, "truth") if truth_dir is not None else {}
 
-    steps = Progress(progress, cancel)
     rows: List[Dict[str, Any]] = []
-    for i, (path, stem) in enumerate(zip(inputs, stems)):
-        steps.report(i / len(inputs), f"{stem} ({i + 1}/{len(inputs)})")
-        truth_path = truths.get(stem)
+    for outcome in batch.run(progress=progress, cancel=cancel):
+        truth_path = truths.get(outcome.case)
         row: Dict[str, Any] = {
-            "case": stem, "input": str(path), "model": detector.model.name, "score": detector.settings.score,
-            "threshold": None,
-            "threshold_source": None, "sample_score": None, "sample_percentile": None, "anomalous_volume_ml": None,
+            "case": outcome.case, "input": outcome.input, "status": outcome.status, "model": detector.model.name,
+            "score": detector.settings.score, "threshold": None, "threshold_source": None, "sample_score": None,
+            "sample_percentile": None, "anomalous_volume_ml": None,
             "truth": str(truth_path) if truth_path else None, "voxel_auroc": None, "voxel_auprc": None,
-            "dice": None, "best_dice": None, "best_threshold": None, "seconds": None, "error": None,
+            "dice": None, "best_dice": None, "best_threshold": None, "seconds": outcome.seconds,
+            "error": outcome.error,
         }
-        started = time.perf_counter()
-        try:
-            result = detector.detect(path, name=str(path), progress=_sub_progress(steps, i, len(inputs)),
-                                     cancel=cancel)
-            write_detection(output_dir, stem, result)
+        result = outcome.result
+        if result is not None:
             report = result.report
             row.update(threshold=report["threshold"], threshold_source=report["threshold_source"],
                        sample_score=_finite(report["sample_score"]), sample_percentile=report["sample_percentile"],
                        anomalous_volume_ml=report["anomalous_volume_ml"])
             if truth_path is not None:
-                case = evaluate_case(result.anomaly_map, read_volume(truth_path, allow_constant=True),
-                                     result.foreground, report["threshold"], stem)
-                row.update({k: _finite(case[k]) for k in
-                            ("voxel_auroc", "voxel_auprc", "dice", "best_dice", "best_threshold")})
-        except Cancelled:
-            raise
-        except AnomalyDetectionError as exc:
-            row["error"] = str(exc)
-        row["seconds"] = round(time.perf_counter() - started, 3)
+                try:
+                    case = evaluate_case(result.anomaly_map, read_volume(truth_path, allow_constant=True),
+                                         result.foreground, report["threshold"], outcome.case)
+                    row.update({k: _finite(case[k]) for k in
+                                ("voxel_auroc", "voxel_auprc", "dice", "best_dice", "best_threshold")})
+                except AnomalyDetectionError as exc:
+                    row["error"] = str(exc)
         rows.append(row)
-    steps.report(1.0, f"{len(inputs)} input(s) done")
     csv_path = output_dir / RESULTS_CSV
     write_text_atomic(csv_text(rows), csv_path)
     return csv_path

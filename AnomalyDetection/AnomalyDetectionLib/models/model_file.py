@@ -204,6 +204,9 @@ def load_model_file(path: Union[str, os.PathLike[str]]) -> Model:
     try:
         payload = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for non-model files
+        if "Weights only load failed" in str(exc):
+            raise ModelError(f"{path}: refused: it holds Python objects that could run code when loaded, which a "
+                             "model file never does (weights-only load)") from None
         raise ModelError(f"{path}: not a model file ({type(exc).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelError(f"{path}: not an AnomalyDetection model file")
