@@ -27,7 +27,7 @@ Design:
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from .cases import BenchmarkCase, CaseSpec
 from .held_out import available_held_out, available_validation, held_out_dir
@@ -104,11 +104,16 @@ def held_out_case_specs() -> List[CaseSpec]:
     model trains or calibrates on, see :mod:`.held_out`); case ``k`` is subject ``k``, whose head
     cycles, so every head gets every kind, and the list interleaves heads and kinds.
     """
-    heads = len(available_held_out())
+    return _head_case_specs("held_out", HELD_OUT_KINDS, len(available_held_out()))
+
+
+def _head_case_specs(split: str, kinds_per_head: Sequence[Optional[str]], heads: int) -> List[CaseSpec]:
+    """``kinds_per_head`` on each of the ``heads`` heads of ``split``, subject ``k`` for case ``k``."""
     if not heads:
-        raise ValueError(f"no held-out anatomy on this machine ({held_out_dir()}): 'make setup' fetches it")
-    kinds = [kind for kind in HELD_OUT_KINDS for _ in range(heads)]
-    subjects = population("held_out", len(kinds))
+        raise ValueError(f"no {split.replace('_', '-')} anatomy on this machine ({held_out_dir()}): "
+                         "'make setup' fetches it")
+    kinds = [kind for kind in kinds_per_head for _ in range(heads)]
+    subjects = population(split, len(kinds))
     return [CaseSpec(subject, kind, 0 if kind is None else LESION_SEED_OFFSET + subject.seed)
             for subject, kind in zip(subjects, kinds)]
 
@@ -122,13 +127,7 @@ def validation_case_specs() -> List[CaseSpec]:
     """The validation set, on which the shipped default is chosen: :data:`VALIDATION_KINDS` on every
     validation head (templates disjoint from training, calibration and both benchmarks, see
     :mod:`.held_out`), subjects from the ``validation`` split, laid out as :func:`held_out_case_specs`."""
-    heads = len(available_validation())
-    if not heads:
-        raise ValueError(f"no validation anatomy on this machine ({held_out_dir()}): 'make setup' fetches it")
-    kinds = [kind for kind in VALIDATION_KINDS for _ in range(heads)]
-    subjects = population("validation", len(kinds))
-    return [CaseSpec(subject, kind, 0 if kind is None else LESION_SEED_OFFSET + subject.seed)
-            for subject, kind in zip(subjects, kinds)]
+    return _head_case_specs("validation", VALIDATION_KINDS, len(available_validation()))
 
 
 def iter_benchmark_cases(specs: Iterable[CaseSpec]) -> Iterator[BenchmarkCase]:
