@@ -43,7 +43,7 @@ from AnomalyDetectionLib.progress import CancelCheck, Progress, ProgressCallback
 from AnomalyDetectionLib.scoring import SCORES, check_score, scores_for
 from AnomalyDetectionLib.version import __version__
 
-from .selection import format_choice
+from .selection import finite, format_choice, worst_fp_rate
 
 if TYPE_CHECKING:  # the data package (generators, templates) is only needed by whoever makes the cases
     from .data.cases import BenchmarkCase
@@ -493,19 +493,13 @@ def _target_values(
     for kind in ("hyper_blob", "copied_patch"):
         values[f"{kind}_voxel_auroc"] = mine.get(kind, {}).get("voxel_auroc")
     values["hyper_blob_voxel_auprc"] = mine.get("hyper_blob", {}).get("voxel_auprc")
-    worst = [r["fp_rate_max"] for r in by_anatomy if (r["model"], r["score"]) == focus
-             and r["fp_rate_max"] is not None and math.isfinite(r["fp_rate_max"])]
-    values["worst_person_fp_rate"] = max(worst) if worst else None
+    values["worst_person_fp_rate"] = worst_fp_rate(by_anatomy, focus)
     # The intensity yardstick runs once per model space, under the first model of that space.
     yardstick = {r["lesion_type"]: r for r in by_type if r["model"] == focus[0] and r["score"] == "intensity"}
     gaps = [mine[kind]["voxel_auprc"] - yardstick[kind]["voxel_auprc"] for kind in mine
-            if kind in yardstick and _finite(mine[kind]["voxel_auprc"]) and _finite(yardstick[kind]["voxel_auprc"])]
+            if kind in yardstick and finite(mine[kind]["voxel_auprc"]) and finite(yardstick[kind]["voxel_auprc"])]
     values["auprc_over_intensity"] = min(gaps) if gaps and focus[1] != "intensity" else None
     return values
-
-
-def _finite(value: Any) -> bool:
-    return value is not None and math.isfinite(value)
 
 
 # ------------------------------------------------------------------------------------------ machine

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-__all__ = ["FP_TOLERANCE", "choose_default", "format_choice", "rank_candidates"]
+__all__ = ["FP_TOLERANCE", "choose_default", "finite", "format_choice", "rank_candidates", "worst_fp_rate"]
 
 #: How far above the calibrated false-positive rate a person's worst normal case may go.
 FP_TOLERANCE = 2.0
@@ -49,7 +49,7 @@ def rank_candidates(report: Mapping[str, Any]) -> List[Dict[str, Any]]:
         key = (row["model"], row["score"])
         if row["score"] == YARDSTICK or not row.get("calibrated", False):
             continue
-        worst = _worst_fp(report.get("by_anatomy", []), key)
+        worst = worst_fp_rate(report.get("by_anatomy", []), key)
         mine = _type_auprc(report, key)
         # The yardstick of the model's space runs under the first model of that space: any one found.
         yardstick = yardsticks.get(row["model"], next(iter(yardsticks.values()), None))
@@ -58,7 +58,7 @@ def rank_candidates(report: Mapping[str, Any]) -> List[Dict[str, Any]]:
             "fp_ok": bool(bound is not None and worst is not None and worst <= bound),
             "type_auprc": mine,
             "beats_yardstick": bool(mine is not None and yardstick is not None and mine > yardstick),
-            "voxel_auroc": row.get("voxel_auroc") if _finite(row.get("voxel_auroc")) else None,
+            "voxel_auroc": row.get("voxel_auroc") if finite(row.get("voxel_auroc")) else None,
         })
     return sorted(candidates, key=_order)
 
@@ -110,14 +110,16 @@ def _order(candidate: Mapping[str, Any]) -> Tuple[Any, ...]:
 def _type_auprc(report: Mapping[str, Any], key: Tuple[str, str]) -> Optional[float]:
     """Mean voxel AUPRC over the lesion types of ``key`` (each type weighs the same)."""
     values = [r["voxel_auprc"] for r in report.get("by_type", [])
-              if (r["model"], r["score"]) == key and _finite(r.get("voxel_auprc"))]
+              if (r["model"], r["score"]) == key and finite(r.get("voxel_auprc"))]
     return sum(values) / len(values) if values else None
 
 
-def _worst_fp(by_anatomy: Any, key: Tuple[str, str]) -> Optional[float]:
-    values = [r["fp_rate_max"] for r in by_anatomy if (r["model"], r["score"]) == key and _finite(r.get("fp_rate_max"))]
+def worst_fp_rate(by_anatomy: Any, key: Tuple[str, str]) -> Optional[float]:
+    """The worst normal case of any person (``summarise_by_anatomy`` rows) for ``(model, score)``."""
+    values = [r["fp_rate_max"] for r in by_anatomy if (r["model"], r["score"]) == key and finite(r.get("fp_rate_max"))]
     return max(values) if values else None
 
 
-def _finite(value: Any) -> bool:
+def finite(value: Any) -> bool:
+    """A number that is neither None nor NaN/inf (undefined metrics are None or NaN in reports)."""
     return isinstance(value, (int, float)) and math.isfinite(value)
