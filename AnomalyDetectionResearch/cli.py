@@ -125,8 +125,12 @@ def _benchmark_cases(quick: bool, limit: Optional[int], case_set: str = "lesion"
 
     if case_set not in CASE_SET_TITLES:
         raise ValueError(f"unknown case set {case_set!r}; choose one of {', '.join(CASE_SET_TITLES)}")
-    specs = {"held_out": held_out_case_specs, "validation": validation_case_specs}.get(
-        case_set, lambda: benchmark_case_specs(quick=quick))()
+    if case_set == "held_out":
+        specs = held_out_case_specs()
+    elif case_set == "validation":
+        specs = validation_case_specs()
+    else:
+        specs = benchmark_case_specs(quick=quick)
     specs = balanced_subset(specs, limit)
     return iter_benchmark_cases(specs), len(specs)
 

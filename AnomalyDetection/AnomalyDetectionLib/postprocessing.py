@@ -72,7 +72,7 @@ def normalise_map(anomaly_map: sitk.Image, foreground: sitk.Image, settings: Map
     """
     if settings.get("normalisation", "none") == "none":
         return anomaly_map
-    values = sitk.GetArrayFromImage(anomaly_map)
+    values = sitk.GetArrayViewFromImage(anomaly_map)  # read only: the result is a new array
     inside = sitk.GetArrayViewFromImage(foreground) > 0
     if not inside.any():
         return anomaly_map
