@@ -277,7 +277,8 @@ def _run_case(
                 computed[score] = (result.slice_maps, timings["score_s"])
             # Members reused from this case still count: ``detect`` with the ensemble alone would run them.
             scoring_s = timings["score_s"] + sum(computed[k][1] for k in (reused_maps or {}))
-            row, curve = _case_row(case, result.anomaly_map, result.mask, result.report["threshold"])
+            row, curve = _case_row(case, result.anomaly_map, result.mask, result.report["threshold"],
+                                   result.report["sample_score"])
             if curve is not None:
                 curves[f"{model.name} {score}"] = curve
             source = result.report["threshold_source"]
@@ -313,15 +314,17 @@ def _ordered(row: Dict[str, Any]) -> Dict[str, Any]:
     return {**{k: row[k] for k in CASE_COLUMNS if k in row}, **row}
 
 
-def _case_row(case: BenchmarkCase, anomaly_map: sitk.Image, mask: sitk.Image, threshold: float
-              ) -> Tuple[Dict[str, Any], Optional[Dict[str, np.ndarray]]]:
+def _case_row(case: BenchmarkCase, anomaly_map: sitk.Image, mask: sitk.Image, threshold: float,
+              sample_score: float) -> Tuple[Dict[str, Any], Optional[Dict[str, np.ndarray]]]:
     """Metrics of one map and mask inside the case's true brain, and its curves (None: normal case).
 
     The ranking metrics come from :func:`~.report.evaluate_case` (which also checks the grids);
     Dice and the false-positive rate use the post-processed mask ``detect`` would return, not
-    just ``map >= threshold``, because that mask is what a user gets.
+    just ``map >= threshold``, because that mask is what a user gets; the sample score is the
+    detection's own (its report's, over the model's foreground), the number a user sorts by.
     """
-    result = evaluate_case(anomaly_map, case.truth, case.brain, None, case.name, curves=True)
+    result = evaluate_case(anomaly_map, case.truth, case.brain, None, case.name, curves=True,
+                           sample_score=sample_score)
     brain = sitk.GetArrayViewFromImage(case.brain) > 0
     truth = sitk.GetArrayViewFromImage(case.truth) > 0
     flagged = sitk.GetArrayViewFromImage(mask) > 0

@@ -72,7 +72,7 @@ def test_rows_for_every_model_score_and_case(report, tiny_vae, tiny_ae, cases) -
         (m, s, c.name) for m, s in pairs for c in cases}
     assert len(report["by_type"]) == 2 * len(pairs)
     assert report["n_cases"] == 3 and report["case_counts"] == {"hyper_blob": 1, "hypo_blob": 1, "normal": 1}
-    assert report["default"] == {"model": tiny_vae.name, "score": "combi"}
+    assert report["default"] == {"model": tiny_vae.name, "score": "elbo_grad"}
     json.dumps(report, allow_nan=False)  # plain: undefined metrics are None, not NaN
     assert any("(1/3)" in m for m in report["_messages"]) and any("(3/3)" in m for m in report["_messages"])
 
@@ -98,7 +98,7 @@ def test_targets_are_checked_for_the_default_model(report) -> None:
     targets = {t["target"]: t for t in report["targets"]}
     assert list(targets) == [t.key for t in TARGETS]
     for key, target in targets.items():
-        assert target["score"] == "combi"
+        assert target["score"] == "elbo_grad"
         if key == "copied_patch_voxel_auroc":  # no such case in the fixture: not measured, not met
             assert target["met"] is None and target["value"] is None
             continue
@@ -353,3 +353,33 @@ def test_the_default_is_chosen_by_the_written_rule() -> None:
     fallback = choose_default(report)
     assert fallback["score"] == "kl_grad" and not fallback["met_fp_bound"]
     assert "No candidate kept every person within the bound" in "\n".join(format_choice(fallback))
+
+
+def test_a_lead_within_one_standard_error_is_a_tie_won_by_the_faster_score() -> None:
+    """Rule 4: the best mean AUPRC wins only by more than the standard error of its paired per-type
+    lead; otherwise the candidate with the fewest seconds per case is chosen."""
+    from AnomalyDetectionResearch.selection import choose_default, format_choice, paired_lead
+
+    kinds = ("hyper_blob", "hypo_blob", "tumour")
+
+    def rows(score: str, auprc: Tuple[float, ...], seconds: float) -> Dict[str, Any]:
+        return {"summary": {"model": "m", "score": score, "calibrated": True, "voxel_auroc": 0.9, "seconds": seconds},
+                "by_type": [{"model": "m", "score": score, "lesion_type": k, "voxel_auprc": v}
+                            for k, v in zip(kinds, auprc)],
+                "by_anatomy": [{"model": "m", "score": score, "anatomy": "a", "fp_rate_max": 0.004}]}
+
+    def report(*parts: Dict[str, Any]) -> Dict[str, Any]:
+        parts = (rows("intensity", (0.1, 0.1, 0.1), 1.0),) + parts
+        return {"target_fp_rate": 0.005, **{key: [r for p in parts for r in (
+            [p[key]] if key == "summary" else p[key])] for key in ("summary", "by_type", "by_anatomy")}}
+
+    slow = rows("energy_projection", (0.60, 0.20, 0.40), 60.0)  # mean 0.40
+    noisy_tie = rows("elbo_grad", (0.45, 0.25, 0.44), 10.0)  # mean 0.38: lead 0.02, spread much larger
+    choice = choose_default(report(slow, noisy_tie))
+    lead = paired_lead({"a": 0.60, "b": 0.20, "c": 0.40}, {"a": 0.45, "b": 0.25, "c": 0.44})
+    assert lead[0] == pytest.approx(0.02) and lead[0] <= lead[1]
+    assert choice["score"] == "elbo_grad" and choice["best_by_auprc"]["score"] == "energy_projection"
+    assert "within one standard error" in "\n".join(format_choice(choice))
+    # the same 0.02 lead on every type is no noise: the better score stays the choice, however slow
+    clear = rows("elbo_grad", (0.58, 0.18, 0.38), 10.0)
+    assert choose_default(report(slow, clear))["score"] == "energy_projection"

@@ -50,10 +50,10 @@ def test_detect_then_evaluate(tiny_vae, case_dir, tmp_path, capsys) -> None:
         assert inside.any() and not sitk.GetArrayViewFromImage(anomaly)[~inside].any()  # map is 0 outside
         np.testing.assert_allclose(anomaly.GetOrigin(), source.GetOrigin(), atol=1e-4)
         report = json.loads((out / f"{stem}_report.json").read_text())
-        assert report["score"] == "combi" and report["threshold_source"] == "calibrated"
+        assert report["score"] == "elbo_grad" and report["threshold_source"] == "calibrated"
         assert {"prepare_s", "score_s", "total_s"} <= set(report["timings"])
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
-    assert "lesion: combi sample score" in capsys.readouterr().out
+    assert "lesion: elbo_grad sample score" in capsys.readouterr().out
 
     report_path = tmp_path / "eval" / "report.json"
     code = main(["evaluate", "--maps", str(out), "--truth", str(case_dir / "truth"), "--output", str(report_path),
@@ -66,6 +66,9 @@ def test_detect_then_evaluate(tiny_vae, case_dir, tmp_path, capsys) -> None:
     summary = report["summary"]
     assert (summary["n_abnormal"], summary["n_normal"]) == (1, 1)
     assert summary["sample_auroc"] in (0.0, 1.0)  # one lesion case vs one normal case: ranked one way or the other
+    for stem in ("lesion", "normal"):  # the detection's own sample score, not one recomputed from the written map
+        written = json.loads((out / f"{stem}_report.json").read_text())["sample_score"]
+        assert cases[stem]["sample_score"] == pytest.approx(written)
     assert summary["false_positive_rate"] == pytest.approx(cases["normal"]["detected_fraction"])
     with open(report_path.with_suffix(".csv")) as handle:
         assert len(list(csv.DictReader(handle))) == 2

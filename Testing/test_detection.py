@@ -35,8 +35,8 @@ def test_default_score_calibrated_threshold_and_report(tiny_vae, lesion_case) ->
     before = array(image).copy()
     result = detect(image, tiny_vae, device="cpu")
     report = result.report
-    assert report["score"] == "combi" == tiny_vae.card["default_score"]
-    assert report["threshold"] == pytest.approx(tiny_vae.thresholds["combi"])
+    assert report["score"] == "elbo_grad" == tiny_vae.card["default_score"]
+    assert report["threshold"] == pytest.approx(tiny_vae.thresholds["elbo_grad"])
     assert report["threshold_source"] == "calibrated" and not report["warnings"]
     mask = array(result.mask)
     assert set(np.unique(mask)) <= {0, 1}

@@ -110,3 +110,33 @@ def test_sample_percentile_places_a_scan_among_the_calibration_normals(tiny_vae,
     other = detect(lesion_case[0], tiny_vae, score="reconstruction", device="cpu",
                    postprocessing={"smoothing": "none"}).report
     assert other["sample_percentile"] is None
+
+
+def test_the_sample_score_is_taken_before_the_per_scan_normalisation(tiny_vae, lesion_case) -> None:
+    """The per-scan normalisation measures voxels against the scan's own typical voxel, which takes
+    out the scan-wide excess a whole-scan answer needs: the sample score is the top 1 % of the map
+    before it (chosen on the validation set), whatever the map's normalisation."""
+    from AnomalyDetectionLib.pipeline import foreground_values
+    from AnomalyDetectionLib.postprocessing import sample_score
+
+    normalised = detect(lesion_case[0], tiny_vae, score="reconstruction", device="cpu",
+                        postprocessing={"normalisation": "scan"})
+    plain = detect(lesion_case[0], tiny_vae, score="reconstruction", device="cpu", reuse=normalised.prepared,
+                   postprocessing={"normalisation": "none"})
+    expected = sample_score(foreground_values(plain.anomaly_map, plain.foreground))
+    assert normalised.report["sample_score"] == pytest.approx(expected, rel=1e-6)
+    assert plain.report["sample_score"] == pytest.approx(expected, rel=1e-6)
+    assert expected != pytest.approx(sample_score(foreground_values(normalised.anomaly_map, normalised.foreground)))
+
+
+def test_normals_calibrated_under_another_sample_score_rule_give_no_percentile(tiny_vae, lesion_case) -> None:
+    from AnomalyDetectionLib import Detector
+
+    detector = Detector(tiny_vae, score="reconstruction", device="cpu")
+    assert detector.sample_percentile(1e9)["sample_percentile"] == 100.0
+    calibration = tiny_vae.card["calibration"]
+    rule = calibration.pop("sample_score_rule")
+    try:
+        assert detector.sample_percentile(1e9)["sample_percentile"] is None
+    finally:
+        calibration["sample_score_rule"] = rule

@@ -52,6 +52,12 @@ SCORE_HELP: Dict[str, str] = {
                  "brain; a learned score must beat it (Meissen et al. 2021: on brain MRI it is hard to beat).",
 }
 
+#: Default score of a new model card by architecture. For VAEs the ELBO gradient: on the validation
+#: set (``reports/validation``) it measures as well as the energy-based projection at a sixth of the
+#: time, and far above ``combi`` (mean AUPRC over lesion types 0.258 against 0.146). AEs keep the
+#: fast reconstruction error; the bundled AE's card names the validation rule's choice instead.
+DEFAULT_SCORES: Dict[str, str] = {"vae": "elbo_grad", "ae": "reconstruction"}
+
 DEVICES = ("auto", "cpu", "cuda")
 #: Map filters of the post-processing (see :mod:`~AnomalyDetectionLib.postprocessing`).
 SMOOTHING = ("none", "median", "gaussian")

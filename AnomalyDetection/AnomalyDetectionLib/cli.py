@@ -195,6 +195,7 @@ def _print_outcome(outcome: Any) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate, pair_cases, write_report
+    from .evaluation.against_truth import report_number
 
     cases = pair_cases(args.maps, args.truth, args.mask)
     bar = TqdmProgress("evaluate", enabled=not args.quiet)
@@ -202,7 +203,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         report = evaluate([c[1] for c in cases], [c[2] for c in cases],
                           [c[3] for c in cases] if args.mask else None,
                           thresholds=[c[4] for c in cases], names=[c[0] for c in cases], progress=bar,
-                          curves=True)
+                          curves=True,
+                          sample_scores=[report_number(args.maps, c[0], "sample_score") for c in cases])
     finally:
         bar.close()
     paths = write_report(report, args.output)

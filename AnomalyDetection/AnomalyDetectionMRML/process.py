@@ -227,7 +227,8 @@ def process_folder(
             if truth_path is not None:
                 try:
                     case = evaluate_case(result.anomaly_map, read_volume(truth_path, allow_constant=True),
-                                         result.foreground, report["threshold"], outcome.case)
+                                         result.foreground, report["threshold"], outcome.case,
+                                         sample_score=report["sample_score"])
                     row.update({k: _finite(case[k]) for k in
                                 ("voxel_auroc", "voxel_auprc", "dice", "best_dice", "best_threshold")})
                 except AnomalyDetectionError as exc:

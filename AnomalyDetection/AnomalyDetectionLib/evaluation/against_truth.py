@@ -30,7 +30,9 @@ from ..preprocessing.io import (
 from ..progress import Progress
 from . import metrics
 
-__all__ = ["csv_text", "evaluate", "evaluate_case", "match_files", "pair_cases", "summarise", "write_report"]
+__all__ = [
+    "csv_text", "evaluate", "evaluate_case", "match_files", "pair_cases", "report_number", "summarise", "write_report",
+]
 
 ImageOrPath = Union[sitk.Image, str, Path]
 
@@ -90,15 +92,20 @@ def evaluate_case(
     threshold: Optional[float] = None,
     name: str = "",
     curves: bool = False,
+    sample_score: Optional[float] = None,
 ) -> Dict[str, Any]:
     """Metrics of one anomaly map against its truth (``> 0`` = lesion), restricted to ``mask``.
+
+    ``sample_score``: the detection's own (its report's ``sample_score``, taken before the per-scan
+    normalisation); without it, the top 1 % of the map inside the mask.
 
     Undefined metrics are NaN (AUROC of a normal case); metrics that need a threshold are None
     without one. ``lesion_voxels`` and ``is_abnormal`` count the whole truth, the others only the
     voxels inside the mask. ``curves`` adds ``"curves"``: :func:`.metrics.threshold_curves` (None
     for a normal case).
     """
-    return _evaluate_case(anomaly_map, truth, mask, threshold, name, "truth", "mask", with_curves=curves)
+    return _evaluate_case(anomaly_map, truth, mask, threshold, name, "truth", "mask", with_curves=curves,
+                          sample_score=sample_score)
 
 
 def _evaluate_case(
@@ -110,6 +117,7 @@ def _evaluate_case(
     truth_label: str,
     mask_label: str,
     with_curves: bool = False,
+    sample_score: Optional[float] = None,
 ) -> Dict[str, Any]:
     """:func:`evaluate_case` with the names its errors give the truth and the mask; ``with_curves``
     adds ``"curves"`` (:func:`.metrics.threshold_curves`, computed here where the voxels are selected)."""
@@ -135,7 +143,7 @@ def _evaluate_case(
         "threshold": None if threshold is None else float(threshold),
         "best_dice": best,
         "best_threshold": best_threshold,
-        "sample_score": metrics.sample_score(s),
+        "sample_score": metrics.sample_score(s) if sample_score is None else float(sample_score),
         "lesion_voxels": lesion_voxels,
         "lesion_volume_ml": lesion_voxels * voxel_ml,
         "detected_volume_ml": None,
@@ -191,8 +199,11 @@ def evaluate(
     progress: Optional[Callable[[float, str], None]] = None,
     cancel: Optional[Callable[[], bool]] = None,
     curves: bool = False,
+    sample_scores: Optional[Sequence[Optional[float]]] = None,
 ) -> Dict[str, Any]:
     """Evaluate a data set: ``{"cases": [one dict per case], "summary": {...}}`` (see :func:`summarise`).
+
+    ``sample_scores``: each case's detection sample score where known (see :func:`evaluate_case`).
 
     Inputs are images or paths, read one case at a time so a large data set never sits in memory.
     ``curves`` adds ``"curves"``: ``{case: ROC / precision-recall / Dice-vs-threshold points}`` for
@@ -200,7 +211,8 @@ def evaluate(
     CSV and a PNG.
     """
     n = len(maps)
-    for what, values in (("truths", truths), ("masks", masks), ("thresholds", thresholds), ("names", names)):
+    for what, values in (("truths", truths), ("masks", masks), ("thresholds", thresholds), ("names", names),
+                         ("sample scores", sample_scores)):
         if values is not None and len(values) != n:
             raise InputError(f"{n} anomaly maps but {len(values)} {what}")
     if n == 0:
@@ -221,7 +233,7 @@ def evaluate(
                 anomaly_map, truth, mask, threshold, name,
                 _describe(truths[i], "truth", name),
                 "mask" if mask_item is None else _describe(mask_item, "mask", name),
-                with_curves=curves,
+                with_curves=curves, sample_score=sample_scores[i] if sample_scores is not None else None,
             )
         )
     steps.report(1.0, f"Evaluated {n} case{'s' if n != 1 else ''}")
@@ -294,12 +306,14 @@ def match_files(
     return _match(stems, Path(folder), kind, required)
 
 
-def _read_threshold(report_path: Path) -> Optional[float]:
-    """The ``threshold`` that ``detect`` wrote into ``<stem>_report.json``, if any."""
+def report_number(maps_dir: Union[str, Path], stem: str, key: str) -> Optional[float]:
+    """The number ``key`` (``threshold``, ``sample_score``) that ``detect`` wrote into
+    ``<stem>_report.json`` in ``maps_dir``, if there is such a report and value."""
+    report_path = Path(maps_dir) / f"{stem}_report.json"
     if not report_path.is_file():
         return None
     try:
-        value = json.loads(report_path.read_text(encoding="utf-8")).get("threshold")
+        value = json.loads(report_path.read_text(encoding="utf-8")).get(key)
     except (OSError, ValueError, AttributeError) as exc:
         raise InputError(f"{report_path}: not a readable detection report ({exc})") from None
     if value is None:
@@ -307,7 +321,7 @@ def _read_threshold(report_path: Path) -> Optional[float]:
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise InputError(f"{report_path}: threshold {value!r} is not a number") from None
+        raise InputError(f"{report_path}: {key} {value!r} is not a number") from None
 
 
 def pair_cases(
@@ -342,7 +356,7 @@ def pair_cases(
         mask = _match(stems, Path(mask_dir), "mask", required=True, skip_suffixes=skipped(Path(mask_dir)))
     pairs: List[Tuple[str, Path, Path, Optional[Path], Optional[float]]] = []
     for stem in stems:
-        threshold = _read_threshold(maps_dir / f"{stem}_report.json")
+        threshold = report_number(maps_dir, stem, "threshold")
         truth_path = truth[stem]
         assert truth_path is not None  # required=True
         pairs.append((stem, maps[stem], truth_path, mask.get(stem), threshold))

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..atomic import atomic_output
 from ..catalog import ARCHITECTURES as CARD_ARCHITECTURES
-from ..catalog import DEFAULT_MODEL, SLICE_AXES, resolve_model_path
+from ..catalog import DEFAULT_MODEL, DEFAULT_SCORES, SLICE_AXES, resolve_model_path
 from ..errors import ModelError
 from ..preprocessing.template import validate_template_entry
 from ..version import __version__
@@ -101,7 +101,7 @@ def make_card(
         "min_foreground_fraction": float(min_foreground_fraction),
         "intensity": {"method": "percentile", "lower": float(intensity_percentiles[0]),
                       "upper": float(intensity_percentiles[1]), "upper_value": float(intensity_upper_value)},
-        "default_score": "combi" if arch == "vae" else "reconstruction",
+        "default_score": DEFAULT_SCORES[arch],
         "gradient_sigma_px": float(gradient_sigma_px if gradient_sigma_px is not None else 3.0 * size / 64),
         "engine_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -17,8 +17,7 @@ import numpy as np
 
 from ..catalog import DEFAULT_BATCH_SIZE, DEFAULT_PERCENTILE, SCORES
 from ..models import Model
-from ..pipeline import Detector, foreground_values
-from ..postprocessing import sample_score
+from ..pipeline import SAMPLE_SCORE_RULE, Detector, foreground_values
 from ..preprocessing import foreground_image
 from ..progress import CancelCheck, Progress, ProgressCallback
 from ..scoring import check_score, score_statistics, scores_for
@@ -83,8 +82,9 @@ def calibrate(
             for prepared, maps, foreground in zip(prepared_volumes, per_volume, foregrounds):
                 detector = detectors[score]
                 slice_map = maps[score] if score in maps else detector.score(prepared, member_maps=maps)
-                inside = foreground_values(detector.anomaly_map(slice_map, prepared, foreground), foreground)
-                sample_scores[score].append(sample_score(inside))
+                smoothed = detector.smoothed_map(slice_map, prepared, foreground)
+                sample_scores[score].append(detector.sample_score(smoothed, foreground))
+                inside = foreground_values(detector.normalised(smoothed, foreground), foreground)
                 values.append(_subsample(inside, max_voxels_per_volume, rng))
             thresholds[score] = float(np.percentile(np.concatenate(values), percentile))
     except BaseException:
@@ -99,6 +99,7 @@ def calibrate(
         "thresholds": thresholds,
         "stats": stats,
         "sample_scores": sample_scores,
+        "sample_score_rule": SAMPLE_SCORE_RULE,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     model.card["calibration"] = calibration
