@@ -41,6 +41,7 @@ from AnomalyDetectionLib.catalog import (
     MODEL_SUFFIX,
     SCORE_HELP,
     SCORES,
+    SMOOTHING,
     bundled_model_paths,
     default_score,
     read_card_file,
@@ -66,7 +67,7 @@ LOAD_MODEL_ITEM = "__load_model_file__"
 USER_MODELS_SETTING = "AnomalyDetection/UserModels"
 
 MODEL_DEFAULT_SMOOTHING = "model default"
-SMOOTHING_CHOICES = [MODEL_DEFAULT_SMOOTHING, "none", "median", "gaussian"]
+SMOOTHING_CHOICES = [MODEL_DEFAULT_SMOOTHING, *SMOOTHING]
 
 ProgressCallback = Callable[[float, str], None]
 CancelCheck = Callable[[], bool]
