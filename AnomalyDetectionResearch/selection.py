@@ -91,7 +91,9 @@ def choose_default(report: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
     if not ranked:
         return None
     best = ranked[0]
-    tied = [c for c in ranked if _group(c) == _group(best) and (c is best or _tied(best, c))]
+    leads = [paired_lead(best["per_type"], c["per_type"]) for c in ranked]
+    tied = [c for c, lead in zip(ranked, leads) if _group(c) == _group(best) and (
+        c is best or (lead is not None and lead[0] <= lead[1]))]
     chosen = min(tied, key=lambda c: (c["seconds"] if c["seconds"] is not None else math.inf, ranked.index(c)))
     target = report.get("target_fp_rate")
     tied_keys = {(c["model"], c["score"]) for c in tied}
@@ -106,8 +108,8 @@ def choose_default(report: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
                     "is a tie, won by the fewest seconds per case",
             "ranking": [{**{k: c[k] for k in ("model", "score", "fp_ok", "beats_yardstick", "worst_fp_rate",
                                               "type_auprc", "seconds")},
-                         "lead_of_best": paired_lead(best["per_type"], c["per_type"]),
-                         "tied": (c["model"], c["score"]) in tied_keys} for c in ranked]}
+                         "lead_of_best": lead, "tied": (c["model"], c["score"]) in tied_keys}
+                        for c, lead in zip(ranked, leads)]}
 
 
 def paired_lead(best: Mapping[str, float], other: Mapping[str, float]) -> Optional[Tuple[float, float]]:
@@ -120,11 +122,6 @@ def paired_lead(best: Mapping[str, float], other: Mapping[str, float]) -> Option
     mean = sum(differences) / len(differences)
     variance = sum((d - mean) ** 2 for d in differences) / (len(differences) - 1)
     return mean, math.sqrt(variance / len(differences))
-
-
-def _tied(best: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
-    lead = paired_lead(best["per_type"], other["per_type"])
-    return lead is not None and lead[0] <= lead[1]
 
 
 def format_choice(choice: Mapping[str, Any]) -> List[str]:

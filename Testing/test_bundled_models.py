@@ -28,7 +28,8 @@ SAMPLE = ROOT / "AnomalyDetection" / "Resources" / "Samples" / "brain_t1_tumour.
 SAMPLE_TRUTH = ROOT / "AnomalyDetection" / "Resources" / "Samples" / "brain_t1_tumour_truth.nrrd"
 BUNDLED = ("brain_t1_vae", "brain_t1_ae")
 #: The training script's default scores (the one recipe): the validation rule's choice.
-RECIPE_DEFAULTS = runpy.run_path(str(ROOT / "scripts" / "train_bundled_models.py"), run_name="recipe")["DEFAULT_SCORES"]
+RECIPE_DEFAULTS = runpy.run_path(str(ROOT / "scripts" / "train_bundled_models.py"), run_name="recipe")[
+    "BUNDLED_DEFAULT_SCORES"]
 SHIPPED_SCORE = RECIPE_DEFAULTS[DEFAULT_MODEL]
 
 

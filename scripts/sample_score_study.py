@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from AnomalyDetectionLib import Detector
 from AnomalyDetectionLib.evaluation.metrics import sample_auroc
-from AnomalyDetectionLib.postprocessing import normalise_map, sample_score
+from AnomalyDetectionLib.postprocessing import sample_score
 from AnomalyDetectionResearch.data.benchmark_cases import (
     held_out_case_specs,
     iter_benchmark_cases,
@@ -74,7 +74,7 @@ def run(case_set: str) -> List[Dict[str, Any]]:
             result = raw_detector.detect(case.image, name=case.name, reuse=prepared)
             prepared = result.prepared  # the next detection reuses it, or borrows its registration
             shipped = raw_detector.with_settings(postprocessing=dict(raw_detector.model.card["postprocessing"]))
-            normalised = normalise_map(result.anomaly_map, result.foreground, shipped.settings.postprocessing)
+            normalised = shipped.normalised(result.anomaly_map, result.foreground)
             threshold, _, _ = shipped.choose_threshold(normalised, result.foreground)
             flagged = shipped.mask(normalised, result.foreground, threshold)
             values = definitions(sitk.GetArrayViewFromImage(result.anomaly_map)[brain],

@@ -10,7 +10,7 @@ axial slices:
 * ``brain_t1_ae``: entropy-constrained AE whose latent size is chosen from the normal training
   slices alone (``training.latent_size``: principal components for 90 % of the variance).
 
-Each card's default score is :data:`DEFAULT_SCORES`, the choice of the written rule
+Each card's default score is :data:`BUNDLED_DEFAULT_SCORES`, the choice of the written rule
 (``AnomalyDetectionResearch.selection``) on the validation report ``reports/validation``;
 ``--defaults-only`` writes just those into the existing cards.
 
@@ -57,7 +57,7 @@ DESCRIPTION = ("T1-weighted brain MRI, any orientation / voxel size / field of v
 #: Default score per bundled model: the validation rule's choice (``python -m AnomalyDetectionResearch.selection
 #: reports/validation``), the VAE's for the shipped default. ``elbo_grad`` ties the energy-based projection
 #: (its lead, 0.013 mean AUPRC, is within one standard error) at a sixth of the time per case.
-DEFAULT_SCORES: Dict[str, str] = {"brain_t1_vae": "elbo_grad", "brain_t1_ae": "energy_projection"}
+BUNDLED_DEFAULT_SCORES: Dict[str, str] = {"brain_t1_vae": "elbo_grad", "brain_t1_ae": "energy_projection"}
 MODEL_NAMES: Dict[str, str] = {"vae": "brain_t1_vae", "ae": "brain_t1_ae"}
 COMMON: Dict[str, Any] = {"size": 128, "channels": (32, 64, 128, 128), "norm": "batch", "slice_axis": "axial"}
 
@@ -141,7 +141,6 @@ def main(argv: List[str]) -> int:
             bar.close()
         if rule is not None:
             model.card["training"]["latent_rule"] = rule
-        model.card["default_score"] = DEFAULT_SCORES[name]
         model.card["training"]["recipe"] = "scripts/train_bundled_models.py " + " ".join(argv)
         path = write_bundled(model, args.output_dir / f"{name}.pt")
         training = model.card["training"]
@@ -154,20 +153,20 @@ def main(argv: List[str]) -> int:
 
 
 def write_bundled(model: Any, path: Path) -> Path:
-    """The model as fp16 weights plus a JSON copy of its card beside it."""
+    """The model as fp16 weights plus a JSON copy of its card beside it, with the recipe's default
+    score (:data:`BUNDLED_DEFAULT_SCORES`): every bundled card written carries it."""
+    model.card["default_score"] = BUNDLED_DEFAULT_SCORES[model.name]
     path = save_model(model, path, half=True)
     path.with_suffix(".card.json").write_text(json.dumps(model.card, indent=2) + "\n")
     return path
 
 
 def write_default_scores(args: argparse.Namespace) -> int:
-    """:data:`DEFAULT_SCORES` into the existing bundled cards; weights and thresholds unchanged."""
+    """:data:`BUNDLED_DEFAULT_SCORES` into the existing bundled cards; weights and thresholds unchanged."""
     for name in (MODEL_NAMES[arch] for arch in args.models):
         path = args.output_dir / f"{name}.pt"
-        model = load_model(path)
-        model.card["default_score"] = DEFAULT_SCORES[name]
-        write_bundled(model, path)
-        print(f"{path}: default score {DEFAULT_SCORES[name]}")
+        write_bundled(load_model(path), path)
+        print(f"{path}: default score {BUNDLED_DEFAULT_SCORES[name]}")
     return 0
 
 
@@ -183,7 +182,6 @@ def recalibrate(args: argparse.Namespace, space: Dict[str, Any], workers: int, a
     for arch in args.models:
         path = args.output_dir / f"{MODEL_NAMES[arch]}.pt"
         model = load_model(path)
-        model.card["default_score"] = DEFAULT_SCORES[model.name]
         defaults = make_card(arch=model.card["arch"], size=model.card["size"])
         for key in ("gradient_sigma_px",):
             model.card.setdefault(key, defaults[key])

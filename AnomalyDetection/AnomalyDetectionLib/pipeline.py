@@ -156,8 +156,8 @@ class Detector:
 
     ``Detector("brain_t1_vae", score="reconstruction")`` or ``Detector(model, settings)``. The
     model is moved to the settings' device once. :meth:`detect` runs the whole chain; the steps
-    (:meth:`prepare`, :meth:`score`, :meth:`anomaly_map`, :meth:`choose_threshold`,
-    :meth:`mask`) are public for callers that need a part of it.
+    (:meth:`prepare`, :meth:`score`, :meth:`smoothed_map`, :meth:`normalised`, :meth:`sample_score`,
+    :meth:`choose_threshold`, :meth:`mask`) are public for callers that need a part of it.
     """
 
     def __init__(self, model: ModelInput = None, settings: Optional[DetectionSettings] = None,
@@ -234,19 +234,14 @@ class Detector:
             compute.append(run)
         return maps
 
-    def anomaly_map(self, slice_maps: np.ndarray, prepared: PreparedVolume,
-                    foreground: Optional[sitk.Image] = None) -> sitk.Image:
-        """Slice maps -> post-processed float32 map on the input grid, zero outside the foreground."""
-        foreground = foreground if foreground is not None else foreground_image(prepared)
-        return self.normalised(self.smoothed_map(slice_maps, prepared, foreground), foreground)
-
     def smoothed_map(self, slice_maps: np.ndarray, prepared: PreparedVolume, foreground: sitk.Image) -> sitk.Image:
         """Slice maps -> the smoothed map on the input grid, before the per-scan normalisation (the
         one the scan's sample score is taken from, :meth:`sample_score`)."""
         return smooth_map(to_input_grid_image(slice_maps, prepared), foreground, self.settings.postprocessing)
 
     def normalised(self, smoothed: sitk.Image, foreground: sitk.Image) -> sitk.Image:
-        """:meth:`smoothed_map`'s result normalised as the post-processing says: the anomaly map."""
+        """:meth:`smoothed_map`'s result normalised as the post-processing says: the anomaly map
+        (float32 on the input grid, zero outside the foreground)."""
         return normalise_map(smoothed, foreground, self.settings.postprocessing)
 
     @staticmethod
