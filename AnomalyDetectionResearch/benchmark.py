@@ -290,6 +290,7 @@ def _run_case(
                 "seconds": round(prepare_s + scoring_s + timings["postprocess_s"], 3),
                 "registration_metric": None if registration is None else registration.metric,
                 "registration_brain_overlap": None if registration is None else registration.brain_overlap,
+                "registration_brain_coverage": None if registration is None else registration.brain_coverage,
                 "warnings": result.report["warnings"],
             })
             rows.append(_ordered(row))
@@ -306,7 +307,7 @@ CASE_COLUMNS = (
     "case", "kind", "model", "score", "voxel_auroc", "voxel_auprc", "dice", "best_dice", "best_threshold",
     "threshold", "threshold_source", "calibrated", "sample_score", "fp_rate", "lesion_voxels", "lesion_volume_ml",
     "flagged_volume_ml", "flagged_outside_brain_ml", "brain_voxels", "seconds", "prepare_s", "score_s",
-    "postprocess_s", "registration_metric", "registration_brain_overlap", "warnings",
+    "postprocess_s", "registration_metric", "registration_brain_overlap", "registration_brain_coverage", "warnings",
 )
 
 
@@ -348,7 +349,10 @@ def _case_row(case: BenchmarkCase, anomaly_map: sitk.Image, mask: sitk.Image, th
         "flagged_volume_ml": int(np.count_nonzero(flagged & brain)) * voxel_ml,
         "flagged_outside_brain_ml": int(np.count_nonzero(flagged & ~brain)) * voxel_ml,
         "brain_voxels": int(np.count_nonzero(brain)),
-        "anatomy": getattr(subject, "anatomy", None),
+        # a clinical acquisition of a person is its own row beside the person's research scans
+        "anatomy": (getattr(subject, "anatomy", None) if getattr(subject, "acquisition", "research") == "research"
+                    else f"{subject.anatomy} ({subject.acquisition})"),
+        "acquisition": getattr(subject, "acquisition", None),
         "skull": getattr(subject, "skull", None),
         "orientation": getattr(subject, "orientation", None),
         "spacing": list(getattr(subject, "spacing", case.image.GetSpacing())),

@@ -298,3 +298,74 @@ def test_lesion_never_changes_the_skull(skull_spec, coarse_templates) -> None:
     tissue = np.median(array(normal.image)[brain])
     assert change[truth].mean() > 0.1 * tissue
     assert change[~brain].max() < 1e-3 * tissue
+
+
+# ---------------------------------------------------------------- the clinical acquisition
+
+
+def _ball_head(radius_mm: float = 30.0) -> "tuple[sitk.Image, sitk.Image]":
+    """A 1 mm LPS phantom: a bright ball of 'brain' inside a dimmer shell, and the ball as its mask."""
+    grid = np.indices((80, 80, 80)).astype(np.float32) - 39.5
+    distance = np.sqrt((grid ** 2).sum(axis=0))
+    image = np.where(distance < radius_mm, 100.0, np.where(distance < radius_mm + 8, 40.0, 0.0)).astype(np.float32)
+    out, mask = sitk.GetImageFromArray(image), sitk.GetImageFromArray((distance < radius_mm).astype(np.uint8))
+    return out, mask
+
+
+def test_contrast_enhancement_lights_the_dura_and_surface_veins_only() -> None:
+    from AnomalyDetectionResearch.data.clinical import DURA_SHELL_MM, VESSEL_DEPTH_MM, enhance
+
+    image, brain = _ball_head()
+    enhanced = enhance(image, brain, seed=3)
+    np.testing.assert_array_equal(array(enhanced), array(enhance(image, brain, seed=3)))  # seeded
+    assert not np.array_equal(array(enhanced), array(enhance(image, brain, seed=4)))
+    before, after = array(image), array(enhanced)
+    assert np.all(after >= before - 1e-4)  # enhancement only brightens
+    distance = array(sitk.SignedMaurerDistanceMap(brain, insideIsPositive=False, squaredDistance=False,
+                                                  useImageSpacing=True))
+    deep, far = distance < -(VESSEL_DEPTH_MM + 2), distance > DURA_SHELL_MM[1] + 2
+    np.testing.assert_allclose(after[deep | far], before[deep | far], atol=0.1)  # of 100
+    shell = (distance > DURA_SHELL_MM[0]) & (distance <= DURA_SHELL_MM[1])
+    assert np.median(after[shell] - before[shell]) > 20  # the dura, brighter than the tissue beside it
+    surface = (distance > -VESSEL_DEPTH_MM) & (distance < 0)
+    veins = after[surface] > before[surface] + 1
+    assert 0.002 < veins.mean() < 0.2  # thin vessels, not a bright rim
+
+
+def test_coverage_cut_leaves_out_vertex_and_skull_base_but_never_the_lesion() -> None:
+    from AnomalyDetectionResearch.data.clinical import cut_coverage
+
+    image, brain = _ball_head()
+    image.SetSpacing((1.0, 1.0, 5.0))
+    brain.CopyInformation(image)
+    truth = sitk.Image(brain.GetSize(), sitk.sitkUInt8)
+    truth.CopyInformation(image)
+    cut = cut_coverage(image, brain, truth, cut_mm=(15.0, 10.0))
+    kept = array(cut[1]).any(axis=(1, 2))
+    assert kept[0] and kept[-1]  # brain in the first and the last slice: part of it is outside
+    assert array(cut[1]).sum() < array(brain).sum()
+    assert all(c.GetSpacing() == image.GetSpacing() for c in cut)
+    top = np.nonzero(array(brain).any(axis=(1, 2)))[0][-1]
+    truth[40, 40, int(top)] = 1  # a lesion in the brain's top slice
+    cut = cut_coverage(image, brain, truth, cut_mm=(15.0, 10.0))
+    assert array(cut[2]).sum() == 1
+    with pytest.raises(ValueError, match="LPS"):
+        cut_coverage(sitk.DICOMOrient(image, "RAS"), sitk.DICOMOrient(brain, "RAS"), sitk.DICOMOrient(truth, "RAS"))
+
+
+def test_clinical_cases_are_the_held_out_heads_as_a_hospital_scans_them() -> None:
+    from AnomalyDetectionResearch.data import HELD_OUT, available_held_out, clinical_case_specs
+    from AnomalyDetectionResearch.data.clinical import CLINICAL_SPACING
+
+    if not available_held_out():
+        pytest.skip("no held-out anatomy on this machine ('make setup' fetches it)")
+    specs = clinical_case_specs()
+    heads = available_held_out()
+    assert len(specs) == 5 * len(heads) and {s.subject.anatomy for s in specs} == set(heads) <= set(HELD_OUT)
+    assert all(s.subject.seed in SPLIT_SEEDS["clinical"] and s.subject.acquisition == "clinical" for s in specs)
+    case = make_case(next(s for s in specs if s.lesion == "tumour"))
+    assert case.image.GetSpacing() == pytest.approx(CLINICAL_SPACING) and orientation(case.image) == "LPS"
+    assert same_grid(case.image, case.truth) and same_grid(case.image, case.brain)
+    truth, brain = array(case.truth) > 0, array(case.brain) > 0
+    assert truth.any() and not (truth & ~brain).any()
+    assert brain[0].any() and brain[-1].any()  # partial coverage: brain in the first and the last slice

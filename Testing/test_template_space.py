@@ -122,3 +122,22 @@ def test_a_registration_can_be_reused(head, prepared) -> None:
     assert time.perf_counter() - started < first_seconds
     np.testing.assert_array_equal(again.slices, first.slices)
     assert again.fits(card) and not again.fits(make_card(size=64, channels=(8, 16, 32)))
+
+
+def test_a_scan_with_the_vertex_cut_off_is_judged_on_the_brain_it_shows(head, prepared) -> None:
+    """A clinical scan often leaves out the top of the head. The template's brain outside the
+    scan's field of view has no data (only the fill value), so it is not foreground: it would pull
+    the intensity normalisation, the per-scan map normalisation and the sample score."""
+    card, whole, _ = prepared
+    image = head[0]
+    in_view = sitk.DICOMOrient(image, "LPS")
+    in_view = in_view[:, :, : int(0.7 * in_view.GetSize()[2])]  # S is the last LPS axis: the top 30 % cut off
+    cut = prepare_volume(in_view, card, "head, vertex cut off")
+    assert cut.registration.brain_coverage < 0.97 and not cut.registration.warnings
+    assert cut.foreground.sum() < whole.foreground.sum()
+    assert cut.foreground.sum() / whole.foreground.sum() == pytest.approx(cut.registration.brain_coverage, abs=0.05)
+    fill = float(np.min(sitk.GetArrayViewFromImage(in_view)))
+    canonical = sitk.GetArrayViewFromImage(cut.canonical)
+    # Inside the foreground the resampled scan is imaged tissue, not the fill of the cut-off part.
+    assert np.mean(canonical[cut.foreground] == fill) < 0.01
+    assert np.mean(canonical[sitk.GetArrayViewFromImage(load_template(COARSE).brain) > 0] == fill) > 0.05

@@ -12,7 +12,13 @@ from AnomalyDetectionLib.preprocessing.anatomy import (
     resample_isotropic,
 )
 
-from .benchmark_cases import benchmark_case_specs, held_out_case_specs, iter_benchmark_cases, validation_case_specs
+from .benchmark_cases import (
+    benchmark_case_specs,
+    clinical_case_specs,
+    held_out_case_specs,
+    iter_benchmark_cases,
+    validation_case_specs,
+)
 from .fashion_mnist import CLASSES as FASHION_MNIST_CLASSES
 from .fashion_mnist import fashion_mnist_available, load_fashion_mnist
 from .held_out import HELD_OUT, VALIDATION, available_held_out, available_validation, load_held_out
@@ -40,6 +46,7 @@ __all__ = [
     "available_held_out",
     "available_validation",
     "benchmark_case_specs",
+    "clinical_case_specs",
     "brain_mask",
     "fashion_mnist_available",
     "held_out_case_specs",

@@ -118,6 +118,19 @@ def _head_case_specs(split: str, kinds_per_head: Sequence[Optional[str]], heads:
             for subject, kind in zip(subjects, kinds)]
 
 
+#: Kinds of the clinical set, for every held-out head: two normal cases and the lesions a
+#: post-contrast clinical scan is taken for.
+CLINICAL_KINDS: Tuple[Optional[str], ...] = (None, None, "tumour", "hyper_blob", "hypo_blob")
+
+
+def clinical_case_specs() -> List[CaseSpec]:
+    """The clinical set: :data:`CLINICAL_KINDS` on every held-out head, each in the clinical acquisition
+    of :mod:`.clinical` (0.8 x 0.8 x 6.5 mm axial slices, vertex and skull base left out, contrast
+    enhancement of dura and cortical veins), subjects from the ``clinical`` split, laid out as
+    :func:`held_out_case_specs`. Evaluation only, like the held-out set."""
+    return _head_case_specs("clinical", CLINICAL_KINDS, len(available_held_out()))
+
+
 #: Kinds of the validation set, for every validation head: four normal cases (per-person false
 #: positives need more than two) and each lesion type.
 VALIDATION_KINDS: Tuple[Optional[str], ...] = (None, None, None, None) + HELD_OUT_KINDS[2:]

@@ -18,7 +18,11 @@ import SimpleITK as sitk
 #: Splits of the generated population; each has its own seed range (see ``population.SPLIT_SEEDS``).
 #: ``held_out`` subjects are made from held-out anatomy only (:mod:`.held_out`), for evaluation.
 #: ``validation`` subjects are made from the validation heads, on which the shipped default is chosen.
-SPLITS = ("train", "calibration", "benchmark", "held_out", "validation")
+#: ``clinical`` subjects are the held-out heads again, in a clinical acquisition (:mod:`.clinical`).
+SPLITS = ("train", "calibration", "benchmark", "held_out", "validation", "clinical")
+
+#: How a subject was acquired: a 3D research T1, or a clinical 2D post-contrast one (:mod:`.clinical`).
+ACQUISITIONS = ("research", "clinical")
 
 
 @dataclass(frozen=True)
@@ -27,7 +31,8 @@ class SubjectSpec:
 
     ``anatomy`` is a key of :data:`AnomalyDetectionLib.preprocessing.anatomy.ANATOMY` (the template it is made
     from), ``skull`` whether the native image keeps the skull (only where the template has one),
-    ``orientation`` the 3-letter DICOM code of its voxel axes, ``spacing`` its voxel size in mm.
+    ``orientation`` the 3-letter DICOM code of its voxel axes, ``spacing`` its voxel size in mm,
+    ``acquisition`` one of :data:`ACQUISITIONS`.
     """
 
     split: str
@@ -36,6 +41,7 @@ class SubjectSpec:
     skull: bool
     orientation: str
     spacing: Tuple[float, float, float]
+    acquisition: str = "research"
 
     @property
     def name(self) -> str:

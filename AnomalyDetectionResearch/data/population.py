@@ -36,6 +36,7 @@ import SimpleITK as sitk
 from AnomalyDetectionLib.preprocessing.anatomy import available_anatomy, brain_mask, load_anatomy
 
 from .cases import SPLITS, BenchmarkCase, CaseSpec, Subject, SubjectSpec
+from .clinical import CLINICAL_ORIENTATION, CLINICAL_SPACING, cut_coverage, enhance
 from .held_out import HELD_OUT, VALIDATION, available_held_out, available_validation, held_out_dir, load_held_out
 from .lesions import insert_lesion, random_normal_subject
 
@@ -46,6 +47,7 @@ SPLIT_SEEDS: Dict[str, range] = {
     "benchmark": range(20000, 30000),
     "held_out": range(30000, 40000),
     "validation": range(40000, 50000),
+    "clinical": range(50000, 60000),
 }
 
 #: Native axis orientations (DICOM codes) that subjects cycle through: the usual axial ones, a
@@ -101,7 +103,7 @@ def population(split: str, n: int) -> List[SubjectSpec]:
     seeds = SPLIT_SEEDS[split]
     if not 0 <= n <= len(seeds):
         raise ValueError(f"split {split!r} holds 0 to {len(seeds)} subjects, not {n}")
-    if split in ("held_out", "validation"):
+    if split in ("held_out", "validation", "clinical"):
         return _head_population(split, seeds, n)
     anatomy = population_anatomy()
     specs = []
@@ -123,13 +125,19 @@ def population(split: str, n: int) -> List[SubjectSpec]:
 def _head_population(split: str, seeds: range, n: int) -> List[SubjectSpec]:
     """Subjects cycling over the split's heads (held-out or validation) on this machine, each in its own
     orientation and voxel size as acquired (the point of these splits is anatomy; pose, contrast and
-    noise vary as usual)."""
-    names = available_held_out() if split == "held_out" else available_validation()
+    noise vary as usual). ``clinical`` subjects are the held-out heads in the clinical acquisition of
+    :mod:`.clinical` instead."""
+    names = available_validation() if split == "validation" else available_held_out()
     if not names:
         raise ValueError(f"no {split.replace('_', '-')} anatomy on this machine ({held_out_dir()}): "
                          "'make setup' fetches it")
     specs = []
     for i in range(n):
+        if split == "clinical":
+            specs.append(SubjectSpec(split=split, seed=seeds[i], anatomy=names[i % len(names)], skull=True,
+                                     orientation=CLINICAL_ORIENTATION, spacing=CLINICAL_SPACING,
+                                     acquisition="clinical"))
+            continue
         image, _ = load_held_out(names[i % len(names)])
         orientation = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
         specs.append(SubjectSpec(split=split, seed=seeds[i], anatomy=names[i % len(names)], skull=True,
@@ -164,6 +172,9 @@ def _generate(spec: SubjectSpec, lesion: Optional[str], lesion_seed: int) -> Tup
     template, brain = _template(spec.anatomy, spec.skull)
     image, moved_brain = random_normal_subject(template, spec.seed, mask=brain, max_rotation_deg=MAX_ROTATION_DEG)
     assert moved_brain is not None  # a mask was given
+    clinical = spec.acquisition == "clinical"
+    if clinical:  # contrast agent: part of the normal anatomy, painted in before any lesion
+        image = enhance(image, moved_brain, spec.seed)
     truth = None
     if lesion is not None:
         changed, truth = insert_lesion(image, lesion, lesion_seed, brain_mask=moved_brain)
@@ -179,6 +190,8 @@ def _generate(spec: SubjectSpec, lesion: Optional[str], lesion_seed: int) -> Tup
             # A lesion thinner than half a native voxel would otherwise vanish from the truth
             # while still changing the image; keep every native voxel it touches instead.
             native_truth = _mask_to_native(truth, spec, threshold=0.0)
+    if clinical:
+        return cut_coverage(native_image, native_brain, native_truth)
     return native_image, native_brain, native_truth
 
 

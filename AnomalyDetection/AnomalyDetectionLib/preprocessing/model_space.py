@@ -10,9 +10,9 @@ Two kinds of model space:
   from the card's rule (Otsu or non-zero), and the way back is the exact inverse permutation;
 * a template space (the card's ``template``): the input is affinely registered to the template
   (any orientation, voxel size, field of view, skull or not), resampled onto the template grid,
-  and the template's brain mask is the foreground; maps and masks go back through the inverse
-  transform onto the input grid. The registration's quality measures and warnings travel with
-  the prepared volume into the detection report.
+  and the template's brain mask within the input's field of view is the foreground; maps and
+  masks go back through the inverse transform onto the input grid. The registration's quality
+  measures and warnings travel with the prepared volume into the detection report.
 """
 
 from __future__ import annotations
@@ -23,11 +23,18 @@ from typing import Any, Dict, Mapping, Optional
 import numpy as np
 import SimpleITK as sitk
 
+from ..errors import InputError
 from ..progress import Progress
 from .intensity import foreground_mask, normalise_intensity
 from .io import validate_volume
 from .orientation import to_canonical, to_input_grid
-from .registration import RegistrationResult, register_to_template, resample_to_input, resample_to_template
+from .registration import (
+    RegistrationResult,
+    field_of_view_on_template,
+    register_to_template,
+    resample_to_input,
+    resample_to_template,
+)
 from .slicing import SliceLayout, plan_layout, slices_to_volume, volume_to_slices
 from .template import card_template
 
@@ -127,7 +134,14 @@ def prepare_volume(
         low = float(np.min(sitk.GetArrayViewFromImage(image)))
         canonical = resample_to_template(sitk.Cast(image, sitk.sitkFloat32), template.image,
                                          registration.transform, sitk.sitkLinear, low)
-        foreground = sitk.GetArrayFromImage(template.brain).astype(bool)
+        # The template's brain where the input has data: a scan with part of the head cut off is
+        # judged on what it shows, not on the fill value where it shows nothing (which would set the
+        # intensity normalisation, the per-scan map normalisation and the sample score).
+        in_view = field_of_view_on_template(image, template.image, registration.transform)
+        foreground = sitk.GetArrayFromImage(template.brain).astype(bool) & (sitk.GetArrayViewFromImage(in_view) > 0)
+        if not foreground.any():
+            raise InputError(f"{name}: none of the template's brain lies inside the scan's field of view after "
+                             "registration; is it a brain scan with a valid geometry?")
     intensity = card["intensity"]
     normalised = normalise_intensity(
         sitk.GetArrayViewFromImage(canonical), foreground, (intensity["lower"], intensity["upper"]), name,
