@@ -11,9 +11,11 @@ import pytest
 from AnomalyDetectionResearch.experiments import run_experiment
 from AnomalyDetectionResearch.experiments.cai2024 import (
     QUICK_LATENTS,
+    VALIDATION_RULE,
     gaussian_rate,
     knee_pick,
     latent_entropy,
+    one_se_pick,
     tolerance_pick,
 )
 
@@ -63,7 +65,12 @@ def test_rules_table_has_every_rule_and_an_oracle_that_no_rule_beats(quick_run):
         if "skipped" in results[part]:
             continue
         rules = results[part]["rules"]
-        assert len(rules) == 6 and rules[-1]["rule"].startswith("oracle")
+        # the brain also has the validation-lesion rule, where setup fetched the validation heads
+        with_validation = part == "brain" and bool(results[part].get("validation_cases"))
+        assert len(rules) == 6 + with_validation and rules[-1]["rule"].startswith("oracle")
+        if with_validation:
+            assert rules[-2]["rule"] == VALIDATION_RULE
+            assert all(r["validation_auprc_by_type"] for r in results[part]["sweep"])
         sizes = [r["latent"] for r in results[part]["sweep"]]
         for rule in rules[:-1]:
             assert rule["pick"] in sizes
@@ -102,3 +109,19 @@ def test_normal_error_rules_pick_the_bend_and_the_tolerance():
     assert knee_pick(sizes, errors) == 8
     assert tolerance_pick(sizes, errors, 0.10) == 32
     assert tolerance_pick(sizes, errors, 1.0) == 8
+
+
+def test_one_se_rule_takes_the_smallest_latent_tied_with_the_best():
+    sizes = [2, 16, 64, 256]
+    per_type = [
+        {"a": 0.10, "b": 0.20, "c": 0.15},  # clearly behind the best on every type
+        {"a": 0.30, "b": 0.26, "c": 0.34},  # behind by 0.01 on average, spread 0.04: a tie
+        {"a": 0.29, "b": 0.31, "c": 0.33},  # the best mean
+        {"a": 0.28, "b": 0.30, "c": 0.32},
+    ]
+    assert one_se_pick(sizes, per_type) == 16
+    # a consistent lead is no tie: every type 0.05 behind, no spread
+    per_type[1] = {k: v - 0.05 for k, v in per_type[2].items()}
+    per_type[3] = {k: v - 0.05 for k, v in per_type[2].items()}
+    assert one_se_pick(sizes, per_type) == 64
+    assert one_se_pick(sizes, [{}, {}, {}, {}]) is None

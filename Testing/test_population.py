@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from collections import Counter
-from typing import Iterator
+from typing import Iterator, Tuple
 
 import numpy as np
 import pytest
@@ -303,7 +303,7 @@ def test_lesion_never_changes_the_skull(skull_spec, coarse_templates) -> None:
 # ---------------------------------------------------------------- the clinical acquisition
 
 
-def _ball_head(radius_mm: float = 30.0) -> "tuple[sitk.Image, sitk.Image]":
+def _ball_head(radius_mm: float = 30.0) -> Tuple[sitk.Image, sitk.Image]:
     """A 1 mm LPS phantom: a bright ball of 'brain' inside a dimmer shell, and the ball as its mask."""
     grid = np.indices((80, 80, 80)).astype(np.float32) - 39.5
     distance = np.sqrt((grid ** 2).sum(axis=0))

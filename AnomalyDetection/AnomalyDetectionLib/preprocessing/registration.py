@@ -63,6 +63,18 @@ INITIAL_ROTATIONS: Tuple[Tuple[float, float, float], ...] = (
     (0.0, 0.0, 0.26), (0.0, 0.0, -0.26),
 )
 
+#: Isotropic scales the affine stage also starts from (on top of the rigid result itself, scale 1).
+#: From scale 1 the affine stage can grow the template's brain onto the skull or the enhancing dura
+#: of a head whose brain is smaller than the template's (it ended 10-27 % too large on three of the
+#: held-out and validation cases, brain Dice 0.67-0.83 against the truth); started 15 % smaller it
+#: reaches the right optimum (Dice 0.90-0.96, mutual information -0.34 to -0.70 instead of -0.16 to
+#: -0.21), and on scans where scale 1 was right both starts end at the same optimum.
+AFFINE_START_SCALES: Tuple[float, ...] = (0.85,)
+
+#: An affine result from another start replaces the one from scale 1 only if its metric is lower by
+#: more than this: equal optima (up to the sampling's noise) keep the scale-1 result.
+START_MARGIN = 0.01
+
 #: Iterations per resolution level of each stage.
 MAX_ITERATIONS = 100
 
@@ -386,19 +398,34 @@ def register_to_template(
         fixed, moving, fixed_mask, initial, shrink_factors, smoothing_sigmas, sampling_percentage, seed,
         learning_rate=2.0, progress=steps.sub(0.1, 0.5), name="rigid", voxel_mm=working_spacing_mm,
     )
-    affine = sitk.AffineTransform(3)
-    affine.SetCenter(rigid.GetCenter())
-    affine.SetMatrix(rigid.GetMatrix())
-    affine.SetTranslation(rigid.GetTranslation())
-    affine, affine_iterations, affine_stop = _run_stage(
-        fixed, moving, fixed_mask, affine, shrink_factors, smoothing_sigmas, sampling_percentage, seed,
-        learning_rate=1.0, progress=steps.sub(0.5, 0.9), name="affine", voxel_mm=working_spacing_mm,
-    )
+    starts = (1.0,) + AFFINE_START_SCALES
+    share = 0.4 / len(starts)
+    affine = metric = None
+    affine_iterations, affine_stop = 0, ""
+    for index, scale in enumerate(starts):
+        candidate, iterations, stop = _run_stage(
+            fixed, moving, fixed_mask, _scaled_affine(rigid, scale), shrink_factors, smoothing_sigmas,
+            sampling_percentage, seed, learning_rate=1.0,
+            progress=steps.sub(0.5 + index * share, 0.5 + (index + 1) * share), name="affine",
+            voxel_mm=working_spacing_mm,
+        )
+        value = _final_metric(fixed, moving, fixed_mask, candidate, sampling_percentage, seed)
+        affine_iterations += iterations
+        if metric is None or value < metric - START_MARGIN:
+            affine, metric = candidate, value
+            affine_stop = stop if scale == 1.0 else f"{stop} (from a start at scale {scale:g}, metric {value:.3f})"
 
     steps.report(0.9, "registration: quality check")
-    method = _new_method(fixed_mask, min(1.0, 4 * sampling_percentage), seed)
-    method.SetInitialTransform(affine, inPlace=False)
-    metric = float(method.MetricEvaluate(fixed, moving))
+    assert affine is not None and metric is not None
+    rigid_as_affine = _scaled_affine(rigid, 1.0)
+    rigid_metric = _final_metric(fixed, moving, fixed_mask, rigid_as_affine, sampling_percentage, seed)
+    if rigid_metric < metric:
+        # The affine stage restarts at the coarse, smoothed levels, where nine more degrees of freedom
+        # can fit the template's brain to a brighter ring around it (the enhancing dura of a
+        # post-contrast scan, inflating the brain by 20-27 %) and end worse than where it began.
+        affine_stop += (f"; kept the rigid result: its metric {rigid_metric:.3f} is better than the affine "
+                        f"stage's {metric:.3f}")
+        affine, metric = rigid_as_affine, rigid_metric
     region = template_mask if template_mask is not None else foreground_mask(template, "otsu")
     overlap, coverage = template_brain_overlap(affine, moving, region)
 
@@ -415,6 +442,23 @@ def register_to_template(
     result.seconds = time.perf_counter() - started
     steps.report(1.0, "registration: done")
     return result
+
+
+def _scaled_affine(rigid: sitk.Euler3DTransform, scale: float) -> sitk.AffineTransform:
+    """An affine transform equal to ``rigid`` with its matrix scaled by ``scale`` about the same centre."""
+    affine = sitk.AffineTransform(3)
+    affine.SetCenter(rigid.GetCenter())
+    affine.SetMatrix([float(v) * float(scale) for v in rigid.GetMatrix()])
+    affine.SetTranslation(rigid.GetTranslation())
+    return affine
+
+
+def _final_metric(fixed: sitk.Image, moving: sitk.Image, fixed_mask: Optional[sitk.Image], transform: sitk.Transform,
+                  sampling_percentage: float, seed: int) -> float:
+    """The quality check's metric of ``transform``: the same seeded sampling for every scan and stage."""
+    method = _new_method(fixed_mask, min(1.0, 4 * sampling_percentage), seed)
+    method.SetInitialTransform(transform, inPlace=False)
+    return float(method.MetricEvaluate(fixed, moving))
 
 
 def template_brain_overlap(
