@@ -371,6 +371,10 @@ def register_to_template(
     which moves points by some 1e-4 mm). ``progress(fraction, message)`` and ``cancel()``
     behave as elsewhere in the engine.
 
+    A rigid stage from the best of a few initial positions is followed by an affine stage started
+    from the rigid result at scale 1 and at each of :data:`AFFINE_START_SCALES`; the best end point
+    by the quality check's metric wins, and the rigid result itself if no affine one beats it.
+
     The result carries the transform, the final metric, the brain overlap and the warnings of
     :func:`check_registration`; a bad registration is reported, not raised, so the caller can
     still show its map with a warning. :class:`InputError` is raised for unusable inputs.
