@@ -30,7 +30,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         raise InputError(f"--limit must be at least 1, not {args.limit}")
     models = [load_model(name) for name in args.model] if args.model else _bundled_models()
     models, scores = _benchmark_scores(models, args.score)
-    case_set = next((name for name in ("held_out", "validation", "clinical") if getattr(args, name)), "lesion")
+    # each case set but the default has its flag of the same name (--held-out sets args.held_out)
+    case_set = next((name for name in CASE_SET_TITLES if name != "lesion" and getattr(args, name)), "lesion")
     cases, total = _benchmark_cases(args.quick, args.limit, case_set)
     bar = TqdmProgress("benchmark", enabled=not args.quiet)
     try:
