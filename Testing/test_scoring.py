@@ -48,7 +48,7 @@ def test_every_score_maps_a_batch_to_its_shape(vae, slices, score) -> None:
 
 
 @pytest.mark.parametrize("score, params", [
-    ("reconstruction", {}), ("kl_grad", {}), ("elbo_grad", {}), ("combi", {}),
+    ("reconstruction", {}), ("ssim_residual", {}), ("kl_grad", {}), ("elbo_grad", {}), ("combi", {}),
     # a few steps: float rounding differs between batch sizes and iterating amplifies it
     ("energy_projection", {"steps": 3}),
 ])
@@ -100,13 +100,64 @@ def test_gradient_scores_are_smoothed_by_the_cards_sigma(vae, slices) -> None:
         score_batch(vae, x, "reconstruction", sigma=2.0)
 
 
+def _ssim_by_hand(a: np.ndarray, b: np.ndarray, sigma: float, mode: str = "nearest") -> np.ndarray:
+    """Wang et al.'s SSIM map with a Gaussian window, written out with scipy (population variances)."""
+    from scipy.ndimage import gaussian_filter
+
+    radius = round(3.5 * sigma)
+    blur = lambda t: gaussian_filter(t.astype(np.float64), sigma, truncate=radius / sigma, mode=mode)  # noqa: E731
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    mu_a, mu_b = blur(a), blur(b)
+    var_a, var_b = blur(a * a) - mu_a ** 2, blur(b * b) - mu_b ** 2
+    cov = blur(a * b) - mu_a * mu_b
+    return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+
+
+class _Blur(torch.nn.Module):
+    """A stand-in 'model' whose reconstruction is a 5-pixel box blur: smooth like a real decoder."""
+
+    is_variational = False
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.avg_pool2d(x, 5, stride=1, padding=2, count_include_pad=False)
+
+
+def test_ssim_residual_is_one_minus_local_ssim() -> None:
+    from AnomalyDetectionLib.scoring import ssim_residual
+
+    rng = np.random.default_rng(3)
+    x = np.zeros((1, 1, 64, 64), dtype=np.float32)
+    x[..., 8:56, 8:56] = 0.6
+    x[..., 36:44, 36:44] += 0.3 * rng.random((8, 8)).astype(np.float32)  # texture the blur cannot keep
+    network = _Blur()
+    out = ssim_residual(network, torch.from_numpy(x), window_sigma=1.5).numpy()
+    assert out.shape == x.shape
+    x_hat = network.reconstruct(torch.from_numpy(x)).numpy()
+    expected = 1.0 - _ssim_by_hand(x_hat[0, 0], x[0, 0], 1.5)
+    # float32 variances (E[x^2] - E[x]^2) against float64 ones: agreement to a few 1e-4; beyond the
+    # slice the edge values repeat, as in scipy's 'nearest' mode
+    np.testing.assert_allclose(out[0, 0], np.clip(expected, 0, None), atol=1e-3)
+    # the default window scales with the slice: 6 px per 128 px, so a 16-px slice works too
+    default = ssim_residual(network, torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(default, ssim_residual(network, torch.from_numpy(x), window_sigma=3.0).numpy())
+    assert ssim_residual(network, torch.from_numpy(x[..., :16, :16])).shape == (1, 1, 16, 16)
+    # The textured patch is the structure the reconstruction lost; flat regions and background are not.
+    # (the flat square and the background are beyond the window's reach of any edge: 2 + 5 pixels)
+    assert out[0, 0, 38:42, 38:42].mean() > 0.3
+    assert float(out[0, 0, 18:22, 18:22].max()) < 1e-4 and float(out[0, 0, :1, :1].max()) < 1e-6
+    identity = type("Identity", (_Blur,), {"reconstruct": lambda self, t: t})()
+    assert float(ssim_residual(identity, torch.from_numpy(x)).abs().max()) < 1e-6
+    with pytest.raises(ValueError, match="window_sigma"):
+        ssim_residual(network, torch.from_numpy(x), window_sigma=0.0)
+
+
 def test_energy_projection_without_steps_changes_nothing(vae, slices) -> None:
     out = score_batch(vae, torch.from_numpy(slices), "energy_projection", steps=0)
     assert float(out.abs().max()) == 0.0
 
 
 def test_autoencoder_refuses_variational_scores(ae, slices) -> None:
-    assert scores_for(ae) == ["reconstruction", "energy_projection", "ensemble", "intensity"]
+    assert scores_for(ae) == ["reconstruction", "ssim_residual", "energy_projection", "ensemble", "intensity"]
     for score in ("kl_grad", "elbo_grad", "combi"):
         with pytest.raises(ModelError, match="needs a VAE"):
             score_batch(ae, torch.from_numpy(slices), score)

@@ -140,3 +140,50 @@ def test_normals_calibrated_under_another_sample_score_rule_give_no_percentile(t
         assert detector.sample_percentile(1e9)["sample_percentile"] is None
     finally:
         calibration["sample_score_rule"] = rule
+
+
+def test_coarse_noise_is_smooth_seeded_and_stays_inside_the_brain() -> None:
+    from AnomalyDetectionLib.training import coarse_noise, denoising_settings
+
+    clean = torch.zeros(2, 1, 64, 64)
+    clean[:, :, 8:56, 8:56] = 0.5
+    noisy = coarse_noise(clean, 0.2, 8, torch.Generator().manual_seed(0))
+    again = coarse_noise(clean, 0.2, 8, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(noisy, again, rtol=0, atol=0)
+    added = (noisy - clean)[:, :, 8:56, 8:56]
+    assert float((noisy - clean)[clean == 0].abs().max()) == 0.0  # background untouched
+    assert 0.08 < float(added.std()) < 0.3  # about the asked std (bilinear upsampling shrinks it a little)
+    # coarse: neighbouring pixels carry nearly the same noise, unlike white noise
+    neighbours = torch.corrcoef(torch.stack([added[..., :, :-1].flatten(), added[..., :, 1:].flatten()]))[0, 1]
+    assert float(neighbours) > 0.95
+    assert not torch.equal(noisy[0], noisy[1])  # each slice its own draw
+    assert denoising_settings() == {"std": 0.2, "grid_px": 16}
+    with pytest.raises(ValueError, match="unknown denoising"):
+        denoising_settings({"sigma": 1.0})
+    with pytest.raises(ValueError, match="positive"):
+        denoising_settings({"std": 0.0})
+
+
+def test_denoising_training_learns_the_clean_slice_and_says_so(normal_volumes, tmp_path) -> None:
+    """The loss compares the decoding of a corrupted slice with the clean one: a different model
+    from plain training with the same seed, recorded in the card, and a resume refuses a mismatch."""
+    from AnomalyDetectionLib.models import negative_elbo
+
+    settings = dict(QUICK, arch="ae", epochs=2)
+    plain = train(normal_volumes[:3], None, **settings)
+    denoiser = train(normal_volumes[:3], tmp_path / "dae.pt", denoising={"std": 0.2, "grid_px": 4}, **settings)
+    assert plain.card["training"]["denoising"] is None
+    assert load_model(tmp_path / "dae.pt").card["training"]["denoising"] == {"std": 0.2, "grid_px": 4}
+    assert any(not torch.equal(a, b) for a, b in zip(weights(plain), weights(denoiser)))
+    x = torch.rand(2, 1, 32, 32)
+    target = torch.zeros_like(x)
+    with torch.no_grad():
+        towards_target = negative_elbo(denoiser.network, x, sample=False, target=target)
+        expected = denoiser.network.reconstruct(x).pow(2).flatten(1).sum(1)
+    torch.testing.assert_close(towards_target, expected)
+
+    output = tmp_path / "resume.pt"
+    with pytest.raises(Cancelled):
+        train(normal_volumes[:3], output, cancel=lambda: checkpoint_path(output).exists(), **settings)
+    with pytest.raises(ModelError, match="denoising"):
+        train(normal_volumes[:3], output, resume=True, denoising={}, **settings)

@@ -78,6 +78,9 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=max(0, min(12, (os.cpu_count() or 1) - 1)),
                         help="processes for subject generation/registration and augmentation")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--denoising", type=float, default=None, metavar="STD",
+                        help="train denoising models (Kascenas et al. 2022): coarse noise of this std on a 16-px "
+                             "grid, the clean slice as target; default: plain training")
     parser.add_argument("--map-normalisation", choices=MAP_NORMALISATIONS, default="scan",
                         help="per-scan normalisation of the maps, written into the cards' post-processing")
     parser.add_argument("--quick", action="store_true", help="a few subjects and epochs: checks the recipe runs")
@@ -119,6 +122,7 @@ def main(argv: List[str]) -> int:
                   learning_rate=args.lr, val_fraction=0.15, seed=args.seed, device=str(device),
                   workers=workers, calibration_volumes=calibration_set,
                   postprocessing={"normalisation": args.map_normalisation},
+                  denoising=None if args.denoising is None else {"std": args.denoising},
                   description=DESCRIPTION.format(n=len(train_set)))
     recipes: Dict[str, Dict[str, Any]] = {}
     if "vae" in args.models:

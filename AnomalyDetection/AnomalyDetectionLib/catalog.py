@@ -30,13 +30,17 @@ CARD_SUFFIX = ".card.json"
 
 #: Every score, in the order tables and menus list them; ``ensemble`` combines others; ``intensity`` is
 #: the yardstick (a plain intensity rule, no network) every learned map is measured against.
-SCORES = ("reconstruction", "kl_grad", "elbo_grad", "combi", "energy_projection", "ensemble", "intensity")
+SCORES = ("reconstruction", "ssim_residual", "kl_grad", "elbo_grad", "combi", "energy_projection", "ensemble", "intensity")
 #: Scores that need a variational model (they differentiate its KL term).
 VARIATIONAL_ONLY = ("kl_grad", "elbo_grad", "combi")
 #: One sentence per score: what it measures and where it comes from (help texts and tooltips).
 SCORE_HELP: Dict[str, str] = {
     "reconstruction": "Reconstruction error |x - x_hat| of each voxel: simple, fast, the baseline every paper "
                       "compares against.",
+    "ssim_residual": "Structural residual 1 - local SSIM(x, x_hat): compares each voxel's neighbourhood "
+                     "(brightness, contrast, pattern) with the reconstruction's rather than its value, so a "
+                     "lesion with normal intensity but abnormal texture still shows (SSIM: Wang et al. 2004; "
+                     "as an anomaly score: Bergmann et al. 2019).",
     "kl_grad": "Gradient of the KL term with respect to the input, |dKL/dx| (VAEs only): voxels that push the "
                "scan's code away from normal anatomy (Zimmerer et al. 2019).",
     "elbo_grad": "Gradient of the whole ELBO (reconstruction + KL) with respect to the input (VAEs only), in one "

@@ -100,6 +100,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             epochs=args.epochs,
             batch_size=args.batch_size, learning_rate=args.lr, val_fraction=args.val_fraction, seed=args.seed,
             device=args.device, calibration_volumes=calibration, percentile=args.percentile, resume=args.resume,
+            denoising=None if args.denoising is None else {"std": args.denoising},
             description=args.description, progress=bar,
         )
     finally:
@@ -284,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--epochs", type=int, default=20)
     tr.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     tr.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    tr.add_argument("--denoising", type=float, default=None, metavar="STD",
+                    help="train a denoising model: corrupt each slice with coarse noise of this std (0.2 in "
+                         "Kascenas et al. 2022), drawn on a 16-px grid, and learn the clean slice")
     tr.add_argument("--val-fraction", type=float, default=0.2, help="fraction of volumes held out")
     tr.add_argument("--calibration", nargs="+", help="normal volumes to calibrate thresholds on "
                                                     "(default: the held-out volumes)")

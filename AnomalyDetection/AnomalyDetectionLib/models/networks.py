@@ -130,16 +130,20 @@ def reconstruction_loss(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     return (x - x_hat).pow(2).flatten(1).sum(1)
 
 
-def negative_elbo(model: nn.Module, x: torch.Tensor, sample: bool) -> torch.Tensor:
+def negative_elbo(model: nn.Module, x: torch.Tensor, sample: bool, target: Optional[torch.Tensor] = None
+                  ) -> torch.Tensor:
     """Per-sample training loss: reconstruction + beta * KL for a VAE, reconstruction for an AE.
 
-    ``sample`` draws z with the reparameterisation trick (training); otherwise z = mu.
+    ``sample`` draws z with the reparameterisation trick (training); otherwise z = mu. ``target``
+    is what the decoding is compared with (default ``x``): the clean slice when ``x`` is a
+    corrupted copy (denoising training).
     """
+    target = x if target is None else target
     mu, logvar = model.encode(x)
     if logvar is None:
-        return reconstruction_loss(x, model.decode(mu))
+        return reconstruction_loss(target, model.decode(mu))
     z = model.sample_latent(mu, logvar) if sample else mu
-    return reconstruction_loss(x, model.decode(z)) + model.beta * kl_divergence(mu, logvar)
+    return reconstruction_loss(target, model.decode(z)) + model.beta * kl_divergence(mu, logvar)
 
 
 def build_network(arch: str, size: int, latent_dim: int, channels: Sequence[int], beta: float, norm: str) -> nn.Module:

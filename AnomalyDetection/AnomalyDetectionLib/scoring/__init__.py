@@ -9,11 +9,12 @@ from .slice_scores import (
     energy_projection,
     kl_grad,
     reconstruction,
+    ssim_residual,
 )
 from .stack import SCORES, check_score, score_slices, scores_for
 
 __all__ = [
     "NORMALISATIONS", "SCORES", "SLICE_SCORES", "VARIATIONAL_ONLY", "check_score", "combi", "combine",
     "elbo_grad", "energy_projection", "kl_grad", "normalise", "reconstruction", "score_slices",
-    "score_statistics", "scores_for",
+    "score_statistics", "scores_for", "ssim_residual",
 ]

@@ -27,6 +27,7 @@ from ..models import Model, build_model, make_card, negative_elbo, save_model
 from ..postprocessing import postprocessing_settings
 from ..progress import CancelCheck, Progress, ProgressCallback
 from .augmentation import augmentation_settings, make_augmentation, no_augmentation
+from .denoising import coarse_noise, denoising_settings
 from .calibration import DEFAULT_PERCENTILE, calibrate
 from .dataset import SliceDataset, VolumeInput, extract_slices, volume_name
 
@@ -68,6 +69,7 @@ def train(
     device: str = "auto",
     workers: int = 0,
     augmentation: Optional[Mapping[str, Any]] = None,
+    denoising: Optional[Mapping[str, Any]] = None,
     calibration_volumes: Optional[Sequence[VolumeInput]] = None,
     percentile: float = DEFAULT_PERCENTILE,
     postprocessing: Optional[Mapping[str, Any]] = None,
@@ -83,7 +85,10 @@ def train(
     single volume, on that volume itself (the card says so). ``template`` (a card template entry,
     see :func:`~AnomalyDetectionLib.preprocessing.template_entry`) trains in template space: every
     volume is registered to the template first, as at detection time. ``workers`` processes
-    augment slices in parallel (augmentation, not the network, limits a GPU). Returns the trained model.
+    augment slices in parallel (augmentation, not the network, limits a GPU). ``denoising``
+    (settings of :mod:`~.denoising`, ``{}`` for the defaults) trains a denoising model: each slice
+    is corrupted with coarse noise and the loss compares the decoding with the clean slice
+    (Kascenas et al. 2022); ``None`` trains a plain one. Returns the trained model.
     """
     if not normal_volumes:
         raise ValueError("training needs at least one normal volume")
@@ -92,6 +97,7 @@ def train(
     steps = Progress(progress, cancel)
     torch_device = resolve_device(device)
     aug = augmentation_settings(augmentation)
+    noise = denoising_settings(denoising) if denoising is not None else None
     card = make_card(arch=arch, size=size, latent_dim=latent_dim, channels=channels, beta=beta, norm=norm,
                      slice_axis=slice_axis, foreground=foreground, template=template,
                      name=name or (Path(output).stem if output else f"{arch}-{size}"), description=description)
@@ -113,8 +119,9 @@ def train(
     ckpt = checkpoint_path(output) if output else None
     started = time.perf_counter()
     best_val, history = fit_network(model, train_slices, val_slices, epochs=epochs, batch_size=batch_size,
-                                    learning_rate=learning_rate, seed=seed, augmentation=aug, workers=workers,
-                                    checkpoint=ckpt, resume=resume, progress=steps.sub(0.05, 0.85))
+                                    learning_rate=learning_rate, seed=seed, augmentation=aug, denoising=noise,
+                                    workers=workers, checkpoint=ckpt, resume=resume,
+                                    progress=steps.sub(0.05, 0.85))
 
     model.network.eval()
     if calibration_volumes:
@@ -138,6 +145,7 @@ def train(
         "seed": seed,
         "workers": workers,
         "augmentation": aug,
+        "denoising": noise,
         "best_validation_loss": best_val,
         "history": history,
         "device": str(torch_device),
@@ -162,6 +170,7 @@ def fit_network(
     learning_rate: float = 1e-3,
     seed: int = 0,
     augmentation: Optional[Mapping[str, Any]] = None,
+    denoising: Optional[Mapping[str, Any]] = None,
     workers: int = 0,
     checkpoint: Optional[Path] = None,
     resume: bool = False,
@@ -172,17 +181,21 @@ def fit_network(
     The one training loop of the engine: :func:`train` runs it on slices of volumes, the paper
     experiments on 2D images. The network ends with the weights of the best validation loss.
     Returns ``(best validation loss, history)``. ``augmentation`` is a settings dict (see
-    :func:`~.augmentation.augmentation_settings`; ``None`` means no augmentation).
+    :func:`~.augmentation.augmentation_settings`; ``None`` means no augmentation). ``denoising``
+    (see :func:`~.denoising.denoising_settings`; ``None``: plain training) corrupts every batch
+    after augmentation with coarse noise and fits the clean slice; the validation loss then scores
+    the denoising of validation slices under noise drawn from a fixed seed, so epochs compare alike.
     """
     steps = progress or Progress()
     device = model.device
     size = int(train_slices.shape[-1])
     aug = augmentation_settings(augmentation) if augmentation is not None else no_augmentation()
+    noise = denoising_settings(denoising) if denoising is not None else None
     optimiser = torch.optim.Adam(model.network.parameters(), lr=learning_rate)
     history: List[Dict[str, float]] = []
     best_val, best_state, first_epoch = float("inf"), None, 0
     if resume and checkpoint is not None and checkpoint.exists():
-        first_epoch, best_val, best_state, history = _load_checkpoint(checkpoint, model, optimiser, model.card)
+        first_epoch, best_val, best_state, history = _load_checkpoint(checkpoint, model, optimiser, model.card, noise)
     for epoch in range(first_epoch, epochs):
         torch.manual_seed(seed * 100_003 + epoch)
         transform = make_augmentation(aug, size, seed * 100_003 + epoch)
@@ -194,20 +207,21 @@ def fit_network(
         )
         model.network.train()
         losses: List[float] = []
+        corruption = torch.Generator().manual_seed(seed * 100_003 + epoch + 1)
         for step, batch in enumerate(loader):
             steps.report((epoch + step / len(loader)) / epochs,
                          f"epoch {epoch + 1}/{epochs}" + (f", loss {np.mean(losses):.2f}" if losses else ""))
-            loss = negative_elbo(model.network, batch.to(device), sample=True).mean()
+            loss = _loss(model, batch.to(device), noise, corruption, sample=True).mean()
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             losses.append(loss.item())
-        val_loss = _validation_loss(model, val_slices, batch_size, device)
+        val_loss = _validation_loss(model, val_slices, batch_size, device, noise, seed)
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss})
         if val_loss < best_val:
             best_val, best_state = val_loss, copy.deepcopy(model.network.state_dict())
         if checkpoint is not None:
-            _save_checkpoint(checkpoint, epoch + 1, model, optimiser, best_val, best_state, history)
+            _save_checkpoint(checkpoint, epoch + 1, model, optimiser, best_val, best_state, history, noise)
     steps.report(1.0, f"trained, best validation loss {best_val:.2f}")
     if best_state is not None:
         model.network.load_state_dict(best_state)
@@ -215,29 +229,44 @@ def fit_network(
     return best_val, history
 
 
+def _loss(model: Model, clean: torch.Tensor, noise: Optional[Mapping[str, Any]], generator: torch.Generator,
+          sample: bool) -> torch.Tensor:
+    """Per-slice loss: the negative ELBO of ``clean``, or of its denoising when ``noise`` is set."""
+    if noise is None:
+        return negative_elbo(model.network, clean, sample=sample)
+    corrupted = coarse_noise(clean, noise["std"], noise["grid_px"], generator)
+    return negative_elbo(model.network, corrupted, sample=sample, target=clean)
+
+
 @torch.no_grad()
-def _validation_loss(model: Model, slices: np.ndarray, batch_size: int, device: torch.device) -> float:
+def _validation_loss(model: Model, slices: np.ndarray, batch_size: int, device: torch.device,
+                     noise: Optional[Mapping[str, Any]] = None, seed: int = 0) -> float:
     model.network.eval()
     total = 0.0
+    corruption = torch.Generator().manual_seed(seed)
     for start in range(0, len(slices), batch_size):
         batch = torch.from_numpy(slices[start:start + batch_size]).to(device)
-        total += float(negative_elbo(model.network, batch, sample=False).sum())
+        total += float(_loss(model, batch, noise, corruption, sample=False).sum())
     return total / len(slices)
 
 
 def _save_checkpoint(path: Path, epoch: int, model: Model, optimiser: torch.optim.Optimizer, best_val: float,
-                     best_state: Optional[Dict[str, torch.Tensor]], history: List[Dict[str, float]]) -> None:
+                     best_state: Optional[Dict[str, torch.Tensor]], history: List[Dict[str, float]],
+                     noise: Optional[Mapping[str, Any]] = None) -> None:
     with atomic_output(path) as tmp:
         torch.save({"epoch": epoch, "card": model.card, "network": model.network.state_dict(),
                     "optimizer": optimiser.state_dict(), "best_val": best_val, "best_state": best_state,
-                    "history": history}, tmp)
+                    "history": history, "denoising": dict(noise) if noise else None}, tmp)
 
 
-def _load_checkpoint(path: Path, model: Model, optimiser: torch.optim.Optimizer, card: Mapping[str, Any]
+def _load_checkpoint(path: Path, model: Model, optimiser: torch.optim.Optimizer, card: Mapping[str, Any],
+                     noise: Optional[Mapping[str, Any]] = None
                      ) -> Tuple[int, float, Optional[Dict[str, torch.Tensor]], List[Dict[str, float]]]:
     state = torch.load(str(path), map_location=model.device, weights_only=True)
     keys = ("arch", "size", "latent_dim", "channels", "beta", "slice_axis", "foreground")
     different = [k for k in keys if state["card"].get(k) != card.get(k)]
+    if state.get("denoising") != (dict(noise) if noise else None):
+        different.append("denoising")
     if different:
         raise ModelError(f"{path}: checkpoint was trained with other settings ({', '.join(different)}); "
                          "delete it or train without --resume")
