@@ -59,7 +59,8 @@ def test_cards_beside_the_models_are_the_cards_inside_them() -> None:
 
 def test_score_rules_without_a_model() -> None:
     assert scores_for_card({"arch": "vae"}) == list(catalog.SCORES)
-    assert scores_for_card({"arch": "ae"}) == ["reconstruction", "ssim_residual", "energy_projection", "ensemble", "intensity"]
+    assert scores_for_card({"arch": "ae"}) == [
+        "reconstruction", "ssim_residual", "energy_projection", "ensemble", "intensity"]
     assert default_score({"arch": "ae", "default_score": "combi"}) == "reconstruction"  # combi needs a VAE
     assert set(catalog.SCORE_HELP) == set(catalog.SCORES)
 

@@ -138,7 +138,8 @@ def test_train_and_list_models(normal_volumes, tmp_path, capsys) -> None:
                  "--output", str(recalibrated), "--device", "cpu", "-q"]) == 0
     calibration = load_model(recalibrated).card["calibration"]
     assert calibration["percentile"] == 99.0 and calibration["n_volumes"] == 1
-    assert set(calibration["thresholds"]) == {"reconstruction", "ssim_residual", "energy_projection", "ensemble", "intensity"}
+    assert set(calibration["thresholds"]) == {
+        "reconstruction", "ssim_residual", "energy_projection", "ensemble", "intensity"}
     assert load_model(model_path).card["calibration"]["percentile"] == 99.5  # the original is untouched
 
 

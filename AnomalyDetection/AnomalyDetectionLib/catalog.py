@@ -30,7 +30,8 @@ CARD_SUFFIX = ".card.json"
 
 #: Every score, in the order tables and menus list them; ``ensemble`` combines others; ``intensity`` is
 #: the yardstick (a plain intensity rule, no network) every learned map is measured against.
-SCORES = ("reconstruction", "ssim_residual", "kl_grad", "elbo_grad", "combi", "energy_projection", "ensemble", "intensity")
+SCORES = ("reconstruction", "ssim_residual", "kl_grad", "elbo_grad", "combi", "energy_projection", "ensemble",
+          "intensity")
 #: Scores that need a variational model (they differentiate its KL term).
 VARIATIONAL_ONLY = ("kl_grad", "elbo_grad", "combi")
 #: One sentence per score: what it measures and where it comes from (help texts and tooltips).

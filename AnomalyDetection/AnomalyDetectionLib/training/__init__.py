@@ -8,6 +8,6 @@ from .trainer import checkpoint_path, fit_network, split_volumes, train
 
 __all__ = [
     "DEFAULT_AUGMENTATION", "DEFAULT_DENOISING", "DEFAULT_PERCENTILE", "SliceDataset", "augmentation_settings",
-    "calibrate", "checkpoint_path", "coarse_noise", "denoising_settings", "extract_slices", "fit_network", "make_augmentation", "no_augmentation", "split_volumes",
-    "train",
+    "calibrate", "checkpoint_path", "coarse_noise", "denoising_settings", "extract_slices", "fit_network",
+    "make_augmentation", "no_augmentation", "split_volumes", "train",
 ]

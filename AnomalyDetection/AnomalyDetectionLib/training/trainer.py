@@ -27,9 +27,9 @@ from ..models import Model, build_model, make_card, negative_elbo, save_model
 from ..postprocessing import postprocessing_settings
 from ..progress import CancelCheck, Progress, ProgressCallback
 from .augmentation import augmentation_settings, make_augmentation, no_augmentation
-from .denoising import coarse_noise, denoising_settings
 from .calibration import DEFAULT_PERCENTILE, calibrate
 from .dataset import SliceDataset, VolumeInput, extract_slices, volume_name
+from .denoising import coarse_noise, denoising_settings
 
 PathLike = Union[str, "os.PathLike[str]"]
 
