@@ -33,13 +33,18 @@ DEFAULT_AUGMENTATION: Dict[str, Any] = {
 }
 
 
-def augmentation_settings(overrides: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-    settings = dict(DEFAULT_AUGMENTATION)
+def merged_settings(defaults: Mapping[str, Any], overrides: Optional[Mapping[str, Any]], what: str) -> Dict[str, Any]:
+    """``defaults`` with ``overrides`` applied; a key the defaults do not have is refused, naming ``what``."""
+    settings = dict(defaults)
     unknown = set(overrides or {}) - set(settings)
     if unknown:
-        raise ValueError(f"unknown augmentation setting(s): {', '.join(sorted(unknown))}")
+        raise ValueError(f"unknown {what} setting(s): {', '.join(sorted(unknown))}")
     settings.update(overrides or {})
     return settings
+
+
+def augmentation_settings(overrides: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    return merged_settings(DEFAULT_AUGMENTATION, overrides, "augmentation")
 
 
 def no_augmentation() -> Dict[str, Any]:

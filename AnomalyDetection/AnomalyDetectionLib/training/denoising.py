@@ -20,16 +20,14 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 import torch.nn.functional as F
 
+from .augmentation import merged_settings
+
 DEFAULT_DENOISING: Dict[str, Any] = {"std": 0.2, "grid_px": 16}
 
 
 def denoising_settings(overrides: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """The denoising settings with ``overrides`` applied; refuses unknown keys and meaningless values."""
-    settings = dict(DEFAULT_DENOISING)
-    unknown = set(overrides or {}) - set(settings)
-    if unknown:
-        raise ValueError(f"unknown denoising setting(s): {', '.join(sorted(unknown))}")
-    settings.update(overrides or {})
+    settings = merged_settings(DEFAULT_DENOISING, overrides, "denoising")
     settings["std"], settings["grid_px"] = float(settings["std"]), int(settings["grid_px"])
     if settings["std"] <= 0 or settings["grid_px"] < 1:
         raise ValueError(f"denoising needs a positive noise std and grid, not {settings}")
