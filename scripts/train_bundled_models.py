@@ -81,6 +81,9 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument("--denoising", type=float, default=None, metavar="STD",
                         help="train denoising models (Kascenas et al. 2022): coarse noise of this std on a 16-px "
                              "grid, the clean slice as target; default: plain training")
+    parser.add_argument("--synthetic-fraction", type=float, default=0.0, metavar="F",
+                        help="share of the training subjects that are synthetic individuals (SynthSeg-style new "
+                             "folding from the MNI152 tissue maps, data.synthetic); calibration stays on templates")
     parser.add_argument("--map-normalisation", choices=MAP_NORMALISATIONS, default="scan",
                         help="per-scan normalisation of the maps, written into the cards' post-processing")
     parser.add_argument("--quick", action="store_true", help="a few subjects and epochs: checks the recipe runs")
@@ -108,8 +111,8 @@ def main(argv: List[str]) -> int:
     bar = TqdmProgress("subjects")
     steps = Progress(bar)
     try:
-        train_set = prepared_subjects(population("train", args.train_subjects), space, workers,
-                                      steps.sub(0.0, 0.8).as_callback())
+        train_specs = population("train", args.train_subjects, args.synthetic_fraction)
+        train_set = prepared_subjects(train_specs, space, workers, steps.sub(0.0, 0.8).as_callback())
         calibration_set = prepared_subjects(population("calibration", args.calibration_subjects), space, workers,
                                             steps.sub(0.8, 1.0).as_callback())
     finally:
@@ -123,7 +126,7 @@ def main(argv: List[str]) -> int:
                   workers=workers, calibration_volumes=calibration_set,
                   postprocessing={"normalisation": args.map_normalisation},
                   denoising=None if args.denoising is None else {"std": args.denoising},
-                  description=DESCRIPTION.format(n=len(train_set)))
+                  description=DESCRIPTION.format(n=len(train_set)) + synthetic_note(args.synthetic_fraction))
     recipes: Dict[str, Dict[str, Any]] = {}
     if "vae" in args.models:
         recipes[MODEL_NAMES["vae"]] = {"arch": "vae", "latent_dim": args.vae_latent, "beta": 1.0}
@@ -145,6 +148,7 @@ def main(argv: List[str]) -> int:
             bar.close()
         if rule is not None:
             model.card["training"]["latent_rule"] = rule
+        model.card["training"]["synthetic_fraction"] = args.synthetic_fraction
         model.card["training"]["recipe"] = "scripts/train_bundled_models.py " + " ".join(argv)
         path = write_bundled(model, args.output_dir / f"{name}.pt")
         training = model.card["training"]
@@ -154,6 +158,14 @@ def main(argv: List[str]) -> int:
               + ", ".join(f"{k} {v:.4g}" for k, v in model.thresholds.items()))
     print(f"done in {time.perf_counter() - started:.0f} s")
     return 0
+
+
+def synthetic_note(fraction: float) -> str:
+    """The card description's sentence on synthetic individuals, empty without them."""
+    if not fraction:
+        return ""
+    return (f" {100 * fraction:.0f} % of them are synthetic individuals: new folding drawn from the MNI152 "
+            "tissue maps (data.synthetic).")
 
 
 def write_bundled(model: Any, path: Path) -> Path:

@@ -15,7 +15,8 @@ voxel sizes:
 
 * template: index mod 3 over MNI152 (skull-stripped), Colin27 brain-extracted and Colin27 with
   skull (only MNI152 where Debian's ``mricron-data`` is not installed; the population then differs
-  between machines, which :func:`available_anatomy` reveals);
+  between machines, which :func:`available_anatomy` reveals); with a ``synthetic_fraction``, that
+  share of the training subjects are synthetic individuals instead (:mod:`.synthetic`), evenly spread;
 * orientation: index mod 5 over :data:`ORIENTATIONS`;
 * voxel size: over :data:`SPACINGS` with period 5 too, but shifted by one every five subjects, so
   every 25 consecutive subjects hold all 25 orientation / voxel-size pairs.
@@ -39,6 +40,7 @@ from .cases import SPLITS, BenchmarkCase, CaseSpec, Subject, SubjectSpec
 from .clinical import CLINICAL_ORIENTATION, CLINICAL_SPACING, cut_coverage, enhance
 from .held_out import HELD_OUT, VALIDATION, available_held_out, available_validation, held_out_dir, load_held_out
 from .lesions import insert_lesion, random_normal_subject
+from .synthetic import SYNTHETIC_ANATOMY, synthetic_individual
 
 #: Seed range of each split; disjoint, so no two splits ever share a subject or a random draw.
 SPLIT_SEEDS: Dict[str, range] = {
@@ -92,29 +94,41 @@ def population_anatomy() -> Tuple[str, ...]:
     return ("mni152_t1",)
 
 
-def population(split: str, n: int) -> List[SubjectSpec]:
+def population(split: str, n: int, synthetic_fraction: float = 0.0) -> List[SubjectSpec]:
     """The first ``n`` subjects of ``split``: seeds start + 0 ... start + n - 1, variety cycled by index.
 
     Deterministic (on a given machine, see :func:`population_anatomy`): the first ``n`` are always
-    the same, and asking for more only appends subjects.
+    the same, and asking for more only appends subjects. With ``synthetic_fraction`` f > 0 (train
+    and calibration splits only), subject i is a synthetic individual (:mod:`.synthetic`) where
+    floor((i + 1) f) > floor(i f), evenly spread, and the other subjects cycle over the templates
+    as before; orientation and voxel size still cycle by i.
     """
+    if not 0.0 <= synthetic_fraction <= 1.0:
+        raise ValueError(f"synthetic_fraction must lie in [0, 1], not {synthetic_fraction}")
     if split not in SPLIT_SEEDS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     seeds = SPLIT_SEEDS[split]
     if not 0 <= n <= len(seeds):
         raise ValueError(f"split {split!r} holds 0 to {len(seeds)} subjects, not {n}")
     if split in ("held_out", "validation", "clinical"):
+        if synthetic_fraction:
+            raise ValueError(f"the {split} split is real anatomy only; synthetic individuals are for training")
         return _head_population(split, seeds, n)
     anatomy = population_anatomy()
     specs = []
+    templates_so_far = 0
     for i in range(n):
-        name = anatomy[i % len(anatomy)]
+        if math.floor((i + 1) * synthetic_fraction) > math.floor(i * synthetic_fraction):
+            name = SYNTHETIC_ANATOMY
+        else:
+            name = anatomy[templates_so_far % len(anatomy)]
+            templates_so_far += 1
         specs.append(
             SubjectSpec(
                 split=split,
                 seed=seeds[i],
                 anatomy=name,
-                skull=_TEMPLATES[name].with_skull == name,
+                skull=name in _TEMPLATES and _TEMPLATES[name].with_skull == name,
                 orientation=ORIENTATIONS[i % len(ORIENTATIONS)],
                 spacing=SPACINGS[(i + i // len(ORIENTATIONS)) % len(SPACINGS)],
             )
@@ -169,7 +183,10 @@ def _generate(spec: SubjectSpec, lesion: Optional[str], lesion_seed: int) -> Tup
     The anomaly goes in at 1 mm, before resampling, so that it is blurred and sampled exactly as
     the anatomy around it, as a real lesion would be by the scanner.
     """
-    template, brain = _template(spec.anatomy, spec.skull)
+    if spec.anatomy == SYNTHETIC_ANATOMY:
+        template, brain = synthetic_individual(spec.seed)
+    else:
+        template, brain = _template(spec.anatomy, spec.skull)
     image, moved_brain = random_normal_subject(template, spec.seed, mask=brain, max_rotation_deg=MAX_ROTATION_DEG)
     assert moved_brain is not None  # a mask was given
     clinical = spec.acquisition == "clinical"
