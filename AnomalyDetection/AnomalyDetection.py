@@ -39,6 +39,7 @@ from AnomalyDetectionLib.catalog import (
     DEFAULT_MODEL,
     DEVICES,
     MODEL_SUFFIX,
+    SAMPLE_NAME,
     SCORE_HELP,
     SCORES,
     SMOOTHING,
@@ -46,17 +47,15 @@ from AnomalyDetectionLib.catalog import (
     default_score,
     read_card_file,
     resolve_model_path,
+    sample_paths,
     scores_for_card,
 )
 from AnomalyDetectionLib.dependencies import read_requirements, unmet_requirements
 from AnomalyDetectionLib.errors import AnomalyDetectionError, Cancelled
 
 MODULE_DIR = Path(__file__).resolve().parent
-SAMPLES_DIR = MODULE_DIR / "Resources" / "Samples"
 ICONS_DIR = MODULE_DIR / "Resources" / "Icons"
-SAMPLE_SCAN = SAMPLES_DIR / "brain_t1_tumour.nrrd"
-SAMPLE_TRUTH = SAMPLES_DIR / "brain_t1_tumour_truth.nrrd"
-SAMPLE_NAME = "brain_t1_tumour"
+SAMPLE_SCAN, SAMPLE_TRUTH = sample_paths()
 SAMPLE_CATEGORY = "Anomaly detection"
 #: Python packages the engine needs that Slicer does not ship, with minimum versions (first-use install).
 REQUIREMENTS_FILE = MODULE_DIR / "Resources" / "requirements.txt"
@@ -153,7 +152,7 @@ def registerSampleData() -> None:
         logging.info("AnomalyDetection: no SampleData module; the sample scan is not registered")
         return
     if not (SAMPLE_SCAN.is_file() and SAMPLE_TRUTH.is_file()):
-        logging.warning(f"AnomalyDetection: sample scan missing in {SAMPLES_DIR}")
+        logging.warning(f"AnomalyDetection: sample scan missing: {SAMPLE_SCAN}")
         return
     logic = SampleData.SampleDataLogic
     if hasattr(logic, "registerCustomSampleDataCategory"):  # Slicer >= 5.12
@@ -1082,17 +1081,11 @@ class AnomalyDetectionLogic(ScriptedLoadableModuleLogic):
 
 
 def labelmapFileToSegmentation(path: Path, name: str, referenceVolume=None):
-    """Import a labelmap file as a segmentation node (one segment per label); the labelmap node is removed."""
-    labelmap = slicer.util.loadLabelVolume(str(path))
-    segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
-    if referenceVolume is not None:
-        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolume)
-    imported = slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelmap, segmentation)
-    slicer.mrmlScene.RemoveNode(labelmap)
-    if not imported or segmentation.GetSegmentation().GetNumberOfSegments() == 0:
-        slicer.mrmlScene.RemoveNode(segmentation)
-        raise ValueError(f"{path}: no labelled voxels to import as a segmentation")
-    return segmentation
+    """Import a labelmap file as a segmentation node (one segment per label), as the web app does."""
+    from AnomalyDetectionLib.preprocessing.io import read_volume
+    from AnomalyDetectionMRML import labelmap_to_segmentation
+
+    return labelmap_to_segmentation(read_volume(path, allow_constant=True), slicer.mrmlScene, name, referenceVolume)
 
 
 #

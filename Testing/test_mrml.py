@@ -536,3 +536,28 @@ def test_process_folder_keeps_same_named_inputs_apart_and_resumes(tmp_path, mode
     rows = list(csv.DictReader(open(process_folder(inputs, out, detector), encoding="utf-8")))
     assert [r["status"] for r in rows] == ["skipped", "skipped"]
     assert {p.name: p.read_bytes() for p in inputs.iterdir()} == before
+
+
+def test_a_labelmap_becomes_a_reference_segmentation_with_one_segment_per_label():
+    """The sample's truth (and any uploaded labelmap) enters the scene as a segmentation whose
+    segments hold exactly the labelled voxels; the temporary labelmap node does not stay."""
+    from AnomalyDetectionMRML import labelmap_to_segmentation, segment_to_image
+
+    scene = slicer.vtkMRMLScene()
+    scan = image_to_volume_node(sitk.GetImageFromArray(phantom()), scene, "scan")
+    labels = np.zeros(SHAPE, dtype=np.uint8)
+    labels[5:9, 10:14, 6:11] = 1
+    labels[15:17, 20:22, 18:20] = 2
+    label_image = sitk.GetImageFromArray(labels)
+    label_image.CopyInformation(volume_node_to_image(scan))
+    nodes_before = scene.GetNumberOfNodes()
+    segmentation = labelmap_to_segmentation(label_image, scene, "truth", scan)
+    assert scene.GetNumberOfNodes() == nodes_before + 2  # the segmentation and its display node
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == 2
+    for index, label in enumerate((1, 2)):
+        segment_id = segmentation.GetSegmentation().GetNthSegmentID(index)
+        truth = sitk.GetArrayFromImage(segment_to_image(segmentation, segment_id, scan))
+        assert np.array_equal(truth > 0, labels == label)
+    with pytest.raises(InputError, match="no labelled voxels"):
+        labelmap_to_segmentation(sitk.Image(4, 4, 4, sitk.sitkUInt8), scene, "empty")
+    assert scene.GetNumberOfNodes() == nodes_before + 2

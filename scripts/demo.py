@@ -20,21 +20,21 @@ from pathlib import Path
 from typing import List, Optional
 
 from AnomalyDetectionLib import Detector, evaluate, load_model, write_detection
-from AnomalyDetectionLib.catalog import bundled_model_names
+from AnomalyDetectionLib.catalog import bundled_model_names, sample_paths
 from AnomalyDetectionLib.cli import TqdmProgress
 from AnomalyDetectionLib.evaluation import write_report
 from AnomalyDetectionLib.evaluation.figures import curves_figure, overview_figure
 from AnomalyDetectionLib.preprocessing import read_volume
 from AnomalyDetectionLib.scoring import scores_for
 
-SAMPLES_DIR = Path(__file__).resolve().parents[1] / "AnomalyDetection" / "Resources" / "Samples"
+SAMPLE_SCAN, SAMPLE_TRUTH = sample_paths()
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", type=Path, default=Path("demo-output"))
-    parser.add_argument("--input", type=Path, default=SAMPLES_DIR / "brain_t1_tumour.nrrd")
-    parser.add_argument("--truth", type=Path, default=SAMPLES_DIR / "brain_t1_tumour_truth.nrrd")
+    parser.add_argument("--input", type=Path, default=SAMPLE_SCAN)
+    parser.add_argument("--truth", type=Path, default=SAMPLE_TRUTH)
     parser.add_argument("--model", nargs="+", default=None,
                         help="model names or files (default: every bundled model, the default one first)")
     parser.add_argument("--device", default="auto")

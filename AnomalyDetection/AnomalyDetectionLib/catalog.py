@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from .errors import ModelError
 
@@ -84,17 +84,32 @@ DEFAULT_PERCENTILE = 99.5
 UNCALIBRATED_PERCENTILE = 99.5
 
 
-def bundled_models_dir() -> Path:
-    """Where the shipped models are: inside an installed wheel or in the Slicer module's Resources.
+def _resources_dir(folder: str) -> Path:
+    """``folder`` of the shipped resources: inside an installed wheel or in the Slicer module's Resources.
 
-    A wheel carries them as ``AnomalyDetectionLib/resources/Models``; a source tree and a Slicer
-    extension keep them in ``AnomalyDetection/Resources/Models`` beside this package.
+    A wheel carries them as ``AnomalyDetectionLib/resources/<folder>``; a source tree and a Slicer
+    extension keep them in ``AnomalyDetection/Resources/<folder>`` beside this package.
     """
     here = Path(__file__).resolve().parent
-    for candidate in (here / "resources" / "Models", here.parent / "Resources" / "Models"):
+    for candidate in (here / "resources" / folder, here.parent / "Resources" / folder):
         if candidate.is_dir():
             return candidate
-    return here.parent / "Resources" / "Models"
+    return here.parent / "Resources" / folder
+
+
+def bundled_models_dir() -> Path:
+    """Where the shipped models are (see :func:`_resources_dir`)."""
+    return _resources_dir("Models")
+
+
+#: Name of the shipped sample scan (a T1 head with a tumour-like lesion; ``scripts/make_sample.py``).
+SAMPLE_NAME = "brain_t1_tumour"
+
+
+def sample_paths() -> Tuple[Path, Path]:
+    """``(scan, truth)`` of the shipped sample: the files the demo, the Slicer module and the web app load."""
+    folder = _resources_dir("Samples")
+    return folder / f"{SAMPLE_NAME}.nrrd", folder / f"{SAMPLE_NAME}_truth.nrrd"
 
 
 def bundled_model_paths() -> List[Path]:

@@ -14,21 +14,23 @@ app). Every function takes its nodes as arguments and reaches the scene through 
 from .comparison import evaluate_nodes, segment_to_image
 from .display import DEFAULT_COLOUR_NODE_ID, heat_colour_node_id, show_anomaly_map
 from .nodes import image_to_volume_node, node_array, same_grid, volume_node_to_image
-from .process import RESULTS_CSV, DetectionOutputs, process, process_folder
+from .process import RESULTS_CSV, Detection, DetectionOutputs, add_to_scene, detect_image, process, process_folder
 from .segmentation import (
     SEGMENT_NAME,
     detection_report,
     detection_state,
     ensure_segmentation_converters,
     foreground_node,
+    labelmap_to_segmentation,
     set_anomaly_segment,
     threshold_range,
     update_segmentation,
 )
 
 __all__ = [
-    "DEFAULT_COLOUR_NODE_ID", "RESULTS_CSV", "SEGMENT_NAME", "DetectionOutputs", "detection_report", "detection_state",
-    "ensure_segmentation_converters", "evaluate_nodes", "foreground_node", "heat_colour_node_id",
-    "image_to_volume_node", "node_array", "process", "process_folder", "same_grid", "segment_to_image",
+    "DEFAULT_COLOUR_NODE_ID", "RESULTS_CSV", "SEGMENT_NAME", "Detection", "DetectionOutputs", "add_to_scene",
+    "detect_image", "detection_report", "detection_state", "ensure_segmentation_converters", "evaluate_nodes",
+    "foreground_node", "heat_colour_node_id", "image_to_volume_node", "labelmap_to_segmentation", "node_array",
+    "process", "process_folder", "same_grid", "segment_to_image",
     "set_anomaly_segment", "show_anomaly_map", "threshold_range", "update_segmentation", "volume_node_to_image",
 ]

@@ -33,7 +33,7 @@ from .segmentation import FOREGROUND_ROLE, REPORT_ATTRIBUTE, THRESHOLD_ATTRIBUTE
 if TYPE_CHECKING:  # the detector comes from the caller: importing this layer needs no torch
     from AnomalyDetectionLib.pipeline import Detector
 
-__all__ = ["RESULTS_CSV", "DetectionOutputs", "process", "process_folder"]
+__all__ = ["RESULTS_CSV", "Detection", "DetectionOutputs", "add_to_scene", "detect_image", "process", "process_folder"]
 
 ProgressCallback = Callable[[float, str], None]
 CancelCheck = Callable[[], bool]
@@ -81,6 +81,100 @@ def _sub_progress(steps: Progress, index: int, count: int) -> Optional[ProgressC
     return steps.sub(index / count, (index + 1) / count).as_callback()
 
 
+@dataclass
+class Detection:
+    """The scene-free half of :func:`process`: the engine's results for one scan, no node touched yet.
+
+    :func:`detect_image` makes it (safe in a worker thread: it reads no node and writes no scene),
+    :func:`add_to_scene` turns it into nodes (on the thread that owns the scene). A GUI that keeps
+    its views live while the model runs (the web app) calls the two apart; :func:`process` calls
+    them in turn.
+    """
+
+    name: str
+    result: Any  # the engine's DetectionResult
+    #: Score name -> that score's map on the input's grid (``extra_scores``).
+    extra_maps: Dict[str, Any] = field(default_factory=dict)
+    #: The model's reconstruction on the input's grid (``with_reconstruction``), or None.
+    reconstruction: Any = None
+
+
+def detect_image(
+    image,
+    name: str,
+    detector: Detector,
+    extra_scores: Sequence[str] = (),
+    with_reconstruction: bool = False,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelCheck] = None,
+) -> Detection:
+    """Run ``detector`` (and each of ``extra_scores``, reusing its registration) on ``image``; no scene.
+
+    ``image`` is what :func:`~.nodes.volume_node_to_image` made of the input node. Engine errors
+    (bad input, :class:`Cancelled`, missing CUDA) propagate unchanged.
+    """
+    extras = [detector.with_settings(score=s) for s in dict.fromkeys(extra_scores) if s != detector.settings.score]
+    steps = Progress(progress, cancel)
+    runs = 1 + len(extras) + int(with_reconstruction)
+    result = detector.detect(image, name=name, progress=_sub_progress(steps, 0, runs), cancel=cancel)
+    extra_maps = {}
+    for i, extra in enumerate(extras, start=1):
+        extra_maps[extra.settings.score] = extra.detect(image, name=name, progress=_sub_progress(steps, i, runs),
+                                                        cancel=cancel, reuse=result.prepared).anomaly_map
+    rebuilt = None
+    if with_reconstruction:
+        rebuilt = detector.reconstruct(image, name=name, progress=_sub_progress(steps, runs - 1, runs),
+                                       cancel=cancel, reuse=result.prepared)
+    steps.check_cancel()
+    return Detection(name, result, extra_maps, rebuilt)
+
+
+def add_to_scene(volume_node, detection: Detection, outputs: Optional[DetectionOutputs] = None) -> DetectionOutputs:
+    """Put ``detection`` (made from ``volume_node``) into the node's scene; see :func:`process` for the nodes.
+
+    A failure half-way removes every node this call added; the input node is never modified.
+    """
+    scene = volume_node.GetScene()
+    if scene is None:
+        raise InputError(f"volume '{volume_node.GetName()}' is not in a scene")
+    name, result = detection.name, detection.result
+    before = set(_node_ids(scene))
+    previous = outputs or DetectionOutputs(None, None)
+
+    def reusable(node):
+        return node if _alive(node, scene) else None
+
+    try:
+        foreground_node = image_to_volume_node(result.foreground, scene, f"{name} foreground",
+                                               node=reusable(previous.foreground_node), label=True)
+        _place_like(foreground_node, volume_node, None)
+        map_node = image_to_volume_node(result.anomaly_map, scene, f"{name} anomaly map",
+                                        node=reusable(previous.map_node))
+        _place_like(map_node, volume_node, result.report)
+        map_node.SetNodeReferenceID(FOREGROUND_ROLE, foreground_node.GetID())
+        show_anomaly_map(map_node)
+        segmentation_node = set_anomaly_segment(map_node, result.mask, result.report["threshold"],
+                                                reusable(previous.segmentation_node), name=f"{name} anomalies")
+        score_nodes: Dict[str, Any] = {}
+        for score, extra_map in detection.extra_maps.items():
+            node = image_to_volume_node(extra_map, scene, f"{name} {score}",
+                                        node=reusable(previous.score_nodes.get(score)))
+            _place_like(node, volume_node, None)
+            show_anomaly_map(node)
+            score_nodes[score] = node
+        reconstruction_node = None
+        if detection.reconstruction is not None:
+            reconstruction_node = image_to_volume_node(detection.reconstruction, scene, f"{name} reconstruction",
+                                                       node=reusable(previous.reconstruction_node))
+            _place_like(reconstruction_node, volume_node, None)
+            reconstruction_node.CreateDefaultDisplayNodes()  # grey values, like the input
+    except BaseException:
+        _remove_new_nodes(scene, before)
+        raise
+    return DetectionOutputs(map_node, segmentation_node, foreground_node, result.report, score_nodes,
+                            reconstruction_node)
+
+
 def process(
     volume_node,
     detector: Detector,
@@ -100,63 +194,15 @@ def process(
     the model's reconstruction of the scan ``"<input> reconstruction"`` (grey values: what the
     model takes for the normal scan). All outputs sit under the input's parent transform.
     The input node is never modified. Engine errors (bad input, :class:`Cancelled`, missing CUDA)
-    propagate unchanged, and no node of this call remains.
+    propagate unchanged, and no node of this call remains. The same as :func:`detect_image`
+    followed by :func:`add_to_scene`.
     """
     image = volume_node_to_image(volume_node)  # InputError for no node/data, RGB, 4D, empty
-    scene = volume_node.GetScene()
-    if scene is None:
+    if volume_node.GetScene() is None:
         raise InputError(f"volume '{volume_node.GetName()}' is not in a scene")
-    name = volume_node.GetName()
-    extras = [detector.with_settings(score=s) for s in dict.fromkeys(extra_scores) if s != detector.settings.score]
-
-    steps = Progress(progress, cancel)
-    runs = 1 + len(extras) + int(with_reconstruction)
-    result = detector.detect(image, name=name, progress=_sub_progress(steps, 0, runs), cancel=cancel)
-    extra_maps = {}
-    for i, extra in enumerate(extras, start=1):
-        extra_maps[extra.settings.score] = extra.detect(image, name=name, progress=_sub_progress(steps, i, runs),
-                                                        cancel=cancel, reuse=result.prepared).anomaly_map
-    rebuilt = None
-    if with_reconstruction:
-        rebuilt = detector.reconstruct(image, name=name, progress=_sub_progress(steps, runs - 1, runs),
-                                       cancel=cancel, reuse=result.prepared)
-    steps.check_cancel()
-
-    before = set(_node_ids(scene))
-    previous = outputs or DetectionOutputs(None, None)
-
-    def reusable(node):
-        return node if _alive(node, scene) else None
-
-    try:
-        foreground_node = image_to_volume_node(result.foreground, scene, f"{name} foreground",
-                                               node=reusable(previous.foreground_node), label=True)
-        _place_like(foreground_node, volume_node, None)
-        map_node = image_to_volume_node(result.anomaly_map, scene, f"{name} anomaly map",
-                                        node=reusable(previous.map_node))
-        _place_like(map_node, volume_node, result.report)
-        map_node.SetNodeReferenceID(FOREGROUND_ROLE, foreground_node.GetID())
-        show_anomaly_map(map_node)
-        segmentation_node = set_anomaly_segment(map_node, result.mask, result.report["threshold"],
-                                                reusable(previous.segmentation_node), name=f"{name} anomalies")
-        score_nodes: Dict[str, Any] = {}
-        for score, extra_map in extra_maps.items():
-            node = image_to_volume_node(extra_map, scene, f"{name} {score}",
-                                        node=reusable(previous.score_nodes.get(score)))
-            _place_like(node, volume_node, None)
-            show_anomaly_map(node)
-            score_nodes[score] = node
-        reconstruction_node = None
-        if rebuilt is not None:
-            reconstruction_node = image_to_volume_node(rebuilt, scene, f"{name} reconstruction",
-                                                       node=reusable(previous.reconstruction_node))
-            _place_like(reconstruction_node, volume_node, None)
-            reconstruction_node.CreateDefaultDisplayNodes()  # grey values, like the input
-    except BaseException:
-        _remove_new_nodes(scene, before)
-        raise
-    return DetectionOutputs(map_node, segmentation_node, foreground_node, result.report, score_nodes,
-                            reconstruction_node)
+    detection = detect_image(image, volume_node.GetName(), detector, extra_scores, with_reconstruction,
+                             progress, cancel)
+    return add_to_scene(volume_node, detection, outputs)
 
 
 def _place_like(output_node, input_node, report: Optional[Mapping[str, Any]]) -> None:

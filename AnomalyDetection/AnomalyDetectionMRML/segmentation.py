@@ -29,12 +29,12 @@ from vtkmodules.util.numpy_support import vtk_to_numpy
 from AnomalyDetectionLib.errors import InputError
 from AnomalyDetectionLib.postprocessing import postprocessing_settings, threshold_map
 
-from .nodes import oriented_image_like, volume_node_to_image
+from .nodes import image_to_volume_node, oriented_image_like, volume_node_to_image
 
 __all__ = [
     "FOREGROUND_ROLE", "REPORT_ATTRIBUTE", "SEGMENT_NAME", "THRESHOLD_ATTRIBUTE", "detection_report", "detection_state",
-    "ensure_segmentation_converters", "foreground_node", "set_anomaly_segment", "threshold_range",
-    "update_segmentation",
+    "ensure_segmentation_converters", "foreground_node", "labelmap_to_segmentation", "set_anomaly_segment",
+    "threshold_range", "update_segmentation",
 ]
 
 SEGMENT_NAME = "Anomaly"
@@ -190,3 +190,33 @@ def update_segmentation(
     foreground, settings = detection_state(map_node)
     mask = threshold_map(volume_node_to_image(map_node), float(threshold), foreground, settings)
     return set_anomaly_segment(map_node, mask, threshold, segmentation_node, name, closed_surface)
+
+
+def labelmap_to_segmentation(labelmap: sitk.Image, scene, name: str, reference_node=None) -> vtkMRMLSegmentationNode:
+    """A new segmentation node in ``scene`` with one segment per label of ``labelmap`` (a reference truth).
+
+    ``reference_node`` (the scan) sets the segmentation's reference geometry, so editing it later
+    happens on the scan's grid. No temporary node stays behind; a labelmap without a labelled
+    voxel is an :class:`InputError` and adds nothing.
+    """
+    ensure_segmentation_converters()
+    if not np.any(sitk.GetArrayViewFromImage(labelmap)):
+        raise InputError(f"'{name}': no labelled voxels to import as a segmentation")
+    label_node = image_to_volume_node(sitk.Cast(labelmap, sitk.sitkUInt8) if labelmap.GetPixelID() != sitk.sitkUInt8
+                                      else labelmap, scene, f"{name} labels", label=True)
+    segmentation_node = vtkMRMLSegmentationNode()
+    segmentation_node.SetName(name)
+    try:
+        scene.AddNode(segmentation_node)
+        segmentation_node.CreateDefaultDisplayNodes()
+        if reference_node is not None:
+            segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_node)
+        imported = vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(label_node, segmentation_node)
+        if not imported or segmentation_node.GetSegmentation().GetNumberOfSegments() == 0:
+            raise InputError(f"'{name}': the labelmap could not be imported as a segmentation")
+    except BaseException:
+        scene.RemoveNode(segmentation_node)
+        raise
+    finally:
+        scene.RemoveNode(label_node)
+    return segmentation_node
