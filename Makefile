@@ -4,12 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint benchmark speed models experiments clean
+.PHONY: setup demo web test lint benchmark speed models experiments clean
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml scripts/fetch_held_out_anatomy.sh
+$(STAMP): requirements.txt pyproject.toml scripts/fetch_held_out_anatomy.sh scripts/install_browser.sh
 	@scripts/install_datasets.sh
+	@scripts/install_browser.sh
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
@@ -20,9 +21,13 @@ $(STAMP): requirements.txt pyproject.toml scripts/fetch_held_out_anatomy.sh
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py --output-dir demo-output
 
+web: $(STAMP)
+	$(BIN)/anomaly-detection web
+
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/vermin --quiet --no-tips --violations --eval-annotations -t=3.9- AnomalyDetection AnomalyDetectionResearch
+	$(BIN)/vermin --quiet --no-tips --violations --eval-annotations -t=3.9- AnomalyDetection AnomalyDetectionResearch \
+		AnomalyDetectionWeb
 	$(BIN)/python -m pytest -q
 
 benchmark: $(STAMP)
