@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -152,6 +153,11 @@ class Launcher:
                 pass
 
         self._httpd = ThreadingHTTPServer((self.host, self.port), Handler)
+
+        def terminate(*_) -> None:  # a service manager's stop: end the sessions too, not only this process
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, terminate)
         self._reap()  # the first spare starts now
         print(f"AnomalyDetection web app: http://{self.host}:{self._httpd.server_address[1]}/ "
               f"(one session per visit, at most {self.max_sessions}; Ctrl-C stops)", flush=True)

@@ -225,9 +225,10 @@ def test_real_head_with_skull_registers_without_warning(template, template_mask)
 def test_registration_is_reproducible(registered, template, template_mask):
     scan, _, result = registered
     again = register_to_template(scan, template, template_mask)
-    # Same seed, same samples; only the order of multi-threaded sums may differ, far below a voxel.
-    assert errors_mm(again.transform, result.transform.GetInverse(), brain_points(template_mask, 50)).max() < 0.01
-    assert again.metric == pytest.approx(result.metric, abs=1e-4)
+    # Same seed, same samples, and ITK's metric on one thread: the same bits (with two threads the
+    # order of the metric's sums moved the result by up to 1e-4 mm between runs).
+    assert again.transform.GetParameters() == result.transform.GetParameters()
+    assert again.metric == result.metric
 
 
 def test_resample_to_input_gives_exactly_the_reference_grid(registered, template, template_mask):

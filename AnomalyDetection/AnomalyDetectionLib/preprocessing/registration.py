@@ -30,10 +30,12 @@ give, and the result carries its warnings into the report.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -53,6 +55,8 @@ MASK_MARGIN_MM = 4.0
 #: Histogram bins of the Mattes mutual information: enough for grey/white/CSF/background, few
 #: enough for the thousands of samples of the coarse levels.
 HISTOGRAM_BINS = 32
+#: ITK's thread count is process-wide: registrations in threads of one process take turns (see _one_itk_thread).
+_ITK_THREADS_LOCK = threading.Lock()
 
 #: Rotations (radians about the template's x, y, z axes) tried on top of each initial centre.
 #: Head tilt (about x, left-right) varies most between scans, so it gets two extra tries.
@@ -379,6 +383,30 @@ def register_to_template(
     :func:`check_registration`; a bad registration is reported, not raised, so the caller can
     still show its map with a warning. :class:`InputError` is raised for unusable inputs.
     """
+    with _one_itk_thread():
+        return _register(image, template, template_mask, shrink_factors, smoothing_sigmas, sampling_percentage,
+                         seed, progress, cancel, working_spacing_mm)
+
+
+@contextlib.contextmanager
+def _one_itk_thread() -> Iterator[None]:
+    """ITK on one thread while the registration runs: the same scan then registers to the same bits.
+
+    ITK's Mattes metric adds its threads' histograms in the order they finish, so with two threads
+    the same scan registered twice ended up to 1e-4 mm apart, and voxels near the threshold flipped
+    between runs (13 of the sample's 12,393 mask voxels); a map must not depend on thread timing.
+    """
+    with _ITK_THREADS_LOCK:
+        previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+        try:
+            yield
+        finally:
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
+
+
+def _register(image, template, template_mask, shrink_factors, smoothing_sigmas, sampling_percentage, seed,
+              progress, cancel, working_spacing_mm) -> RegistrationResult:
     validate_volume(image, "input")
     validate_volume(template, "template")
     if len(shrink_factors) != len(smoothing_sigmas) or not shrink_factors:
