@@ -133,7 +133,7 @@ class WebApp:
         s.progress, s.progress_message = 0.0, ""
         s.error, s.info, s.warnings = "", "", []
         s.scan_name, s.has_truth, s.has_result = "", False, False
-        s.threshold, s.threshold_min, s.threshold_max, s.threshold_step = 0.0, 0.0, 1.0, 0.01
+        s.threshold, s.threshold_min, s.threshold_max = 0.0, 0.0, 1.0
         s.calibrated_threshold = 0.0
         s.segment_voxels = 0
         s.opacity = 0.6
@@ -277,7 +277,6 @@ class WebApp:
                            else "Scan as a whole: this model's card holds no calibration scans to compare with")
         low, high = self.session.threshold_range()
         s.threshold_min, s.threshold_max = low, max(high, low + 1e-6)
-        s.threshold_step = (s.threshold_max - s.threshold_min) / 200
         s.calibrated_threshold = float(report["threshold"])
         s.threshold = float(self.session.threshold)
         s.segment_voxels = self.session.segment_voxels()
@@ -474,7 +473,7 @@ class WebApp:
             v3.VSlider(label="Map opacity", v_model=("opacity",), min=0, max=1, step=0.05, hide_details=True,
                        classes="mt-2", raw_attrs=['data-testid="opacity"'])
             v3.VSlider(label="Threshold", v_model=("threshold",), min=("threshold_min",), max=("threshold_max",),
-                       step=("threshold_step",), hide_details=True, classes="mt-2",
+                       step=0, hide_details=True, classes="mt-2",  # 0: no rounding of the calibrated value
                        raw_attrs=['data-testid="threshold"'])
             with html.Div(classes="text-caption"):
                 html.Span("threshold {{ threshold.toPrecision(4) }} (calibrated "

@@ -287,7 +287,7 @@ def test_geometry_processed(batch_run, name) -> None:
     np.testing.assert_allclose(anomaly.GetDirection(), source.GetDirection(), atol=1e-6)
     values = sitk.GetArrayFromImage(anomaly)
     assert np.isfinite(values).all() and (values >= 0).all()
-    assert sitk.GetArrayViewFromImage(sitk.ReadImage(case["foreground"])).any()
+    assert sitk.GetArrayFromImage(sitk.ReadImage(case["foreground"])).any()
     assert sha256(batch_run["inputs"][0].parent / name) == batch_run["before"][name]
 
 

@@ -97,7 +97,8 @@ def threshold_range(map_node) -> Tuple[float, float]:
     background, where the map is 0, never is.)
     """
     foreground, _ = detection_state(map_node)
-    values = sitk.GetArrayViewFromImage(volume_node_to_image(map_node))[sitk.GetArrayViewFromImage(foreground) > 0]
+    anomaly_map = volume_node_to_image(map_node)  # kept alive while its numpy view is read
+    values = sitk.GetArrayViewFromImage(anomaly_map)[sitk.GetArrayViewFromImage(foreground) > 0]
     if values.size == 0:
         return 0.0, 1.0
     return float(values.min()), float(values.max())

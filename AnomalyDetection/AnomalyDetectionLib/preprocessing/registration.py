@@ -517,7 +517,7 @@ def template_brain_overlap(
     in_view = int(np.count_nonzero(inside))
     if in_view == 0:
         return 0.0, 0.0
-    foreground = sitk.GetArrayViewFromImage(foreground_mask(image, "otsu")).astype(bool)
+    foreground = sitk.GetArrayFromImage(foreground_mask(image, "otsu")).astype(bool)  # a copy: the mask is temporary
     # The whole brain's mapped volume is the template's times |det|; the part of it on the input
     # grid over that is the coverage.
     matrix, _, _ = _affine_parts(transform)
