@@ -45,6 +45,8 @@ from undo_stack import UndoStack  # noqa: E402
 
 from AnomalyDetectionLib.catalog import DEVICES, SCORE_HELP, read_card_file, scores_for_card  # noqa: E402
 from AnomalyDetectionLib.errors import AnomalyDetectionError, Cancelled  # noqa: E402
+from AnomalyDetectionMRML import heat_colour_choices, set_map_display  # noqa: E402
+from AnomalyDetectionMRML.display import map_values  # noqa: E402
 
 from .session import DEFAULT_MAX_UPLOAD_MB, WebSession  # noqa: E402
 
@@ -137,6 +139,9 @@ class WebApp:
         s.calibrated_threshold = 0.0
         s.segment_voxels = 0
         s.opacity = 0.6
+        s.colours, s.colour = {}, None
+        # not "window": a state name hides the browser's global of that name in the page's expressions
+        s.map_window, s.map_window_min, s.map_window_max = [0.0, 1.0], 0.0, 1.0
         s.effect = "None"
         s.effects = list(EFFECTS)
         s.brush_mm = 8.0
@@ -157,6 +162,7 @@ class WebApp:
     def _bind(self) -> None:
         self.state.change("model")(lambda model, **_: self._fill_scores(model))
         self.state.change("opacity")(lambda opacity, **_: self._set_opacity(opacity))
+        self.state.change("colour", "map_window")(lambda colour, map_window, **_: self._restyle_map(colour, map_window))
         self.state.change("threshold")(lambda threshold, **_: self._on_threshold(threshold))
         self.state.change("effect")(lambda effect, **_: self._on_effect(effect))
         self.state.change("brush_mm")(lambda brush_mm, **_: self._on_brush(brush_mm))
@@ -284,6 +290,12 @@ class WebApp:
         display.show_volume_in_slice_background(self.session.scan_node)
         display.show_volume_in_slice_foreground(outputs.map_node)
         self._set_opacity(s.opacity)
+        map_display = outputs.map_node.GetDisplayNode()
+        s.colours = heat_colour_choices(self.slicer.scene)
+        s.colour = map_display.GetColorNodeID()
+        values = map_values(outputs.map_node)
+        s.map_window_min, s.map_window_max = float(values.min()), float(max(values.max(), values.min() + 1e-6))
+        s.map_window = [float(map_display.GetWindowLevelMin()), float(map_display.GetWindowLevelMax())]
         editor = self.slicer.segmentation_editor
         editor.set_active_segmentation(outputs.segmentation_node, outputs.map_node)
         editor.show_3d(True)
@@ -329,6 +341,14 @@ class WebApp:
     def _set_opacity(self, opacity: float) -> None:
         for view in self.slicer.view_manager.get_slice_views():
             view.set_foreground_opacity(float(opacity))
+
+    def _restyle_map(self, colour: Optional[str], window) -> None:
+        """Colour table and display window of every shown map (the teaching panels' too)."""
+        outputs = self.session.outputs
+        if outputs is None:
+            return
+        for node in [outputs.map_node, *outputs.score_nodes.values()]:
+            set_map_display(node, colour or None, tuple(window) if node is outputs.map_node and window else None)
 
     def _on_threshold(self, threshold: float) -> None:
         if self.session.outputs is None or threshold is None or self.state.busy:
@@ -472,6 +492,12 @@ class WebApp:
             html.Div("Detection: {{ detect_seconds }} s; server memory {{ memory_mb }} MB", classes="text-caption")
             v3.VSlider(label="Map opacity", v_model=("opacity",), min=0, max=1, step=0.05, hide_details=True,
                        classes="mt-2", raw_attrs=['data-testid="opacity"'])
+            v3.VSelect(label="Colour map", v_model=("colour",), items=("Object.entries(colours).map(([t, v]) => "
+                                                                      "({title: t, value: v}))",),
+                       density="compact", hide_details=True, classes="mt-2", raw_attrs=['data-testid="colour"'])
+            v3.VRangeSlider(label="Window", v_model=("map_window",), min=("map_window_min",), max=("map_window_max",),
+                            step=0,
+                            hide_details=True, classes="mt-2", raw_attrs=['data-testid="window"'])
             v3.VSlider(label="Threshold", v_model=("threshold",), min=("threshold_min",), max=("threshold_max",),
                        step=0, hide_details=True, classes="mt-2",  # 0: no rounding of the calibrated value
                        raw_attrs=['data-testid="threshold"'])

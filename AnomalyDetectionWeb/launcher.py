@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Dict, List, Optional
 
-__all__ = ["Launcher", "SessionProcess"]
+__all__ = ["ClassFull", "Launcher", "SessionFailed", "SessionProcess"]
 
 #: Seconds a session server may take to start (imports, the scene, the views) before it counts as failed.
 START_TIMEOUT_S = 120
@@ -32,6 +32,14 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]
+
+
+class ClassFull(RuntimeError):
+    """Every session slot is taken."""
+
+
+class SessionFailed(RuntimeError):
+    """A session server exited or did not become ready in time."""
 
 
 @dataclass
@@ -93,21 +101,26 @@ class Launcher:
                 self._sessions.append(session)
                 spares.append(session)
 
-    def assign(self) -> Optional[SessionProcess]:
-        """A ready session server for a new visitor (None when the class is full or none starts)."""
+    def assign(self) -> SessionProcess:
+        """A ready session server for a new visitor.
+
+        Raises :class:`ClassFull` at ``max_sessions`` and :class:`SessionFailed` when the server
+        does not start (its error is on the launcher's terminal).
+        """
         self._reap()
         with self._lock:
             spares = [s for s in self._sessions if s.assigned is None]
             if not spares:
                 if len(self._sessions) >= self.max_sessions:
-                    return None
+                    raise ClassFull(f"the class is full ({self.max_sessions} sessions); try again when someone leaves")
                 spares = [self._start_session()]
                 self._sessions.append(spares[0])
             session = spares[0]
             session.assigned = time.time()
         if not session.ready.wait(START_TIMEOUT_S) or not session.alive():
             session.process.kill()
-            return None
+            raise SessionFailed("the session server did not start; its error is in the launcher's terminal "
+                                "(scripts/install_browser.sh lists the system packages it needs)")
         threading.Thread(target=self._reap, daemon=True).start()  # warm the next spare
         return session
 
@@ -131,11 +144,12 @@ class Launcher:
                 if self.path not in ("/", "/index.html"):
                     self._reply(404, b"not found", "text/plain")
                     return
-                session = launcher.assign()
-                if session is None:
-                    body = (f"<html><body><h3>AnomalyDetection: the class is full ({launcher.max_sessions} "
-                            "sessions). Try again when someone leaves.</h3></body></html>").encode()
-                    self._reply(503, body, "text/html")
+                try:
+                    session = launcher.assign()
+                except (ClassFull, SessionFailed) as exc:
+                    code = 503 if isinstance(exc, ClassFull) else 500
+                    self._reply(code, f"<html><body><h3>AnomalyDetection: {exc}</h3></body></html>".encode(),
+                                "text/html")
                     return
                 host = (self.headers.get("Host") or f"{launcher.host}:{launcher.port}").rsplit(":", 1)[0]
                 self.send_response(302)

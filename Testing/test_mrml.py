@@ -561,3 +561,22 @@ def test_a_labelmap_becomes_a_reference_segmentation_with_one_segment_per_label(
     with pytest.raises(InputError, match="no labelled voxels"):
         labelmap_to_segmentation(sitk.Image(4, 4, 4, sitk.sitkUInt8), scene, "empty")
     assert scene.GetNumberOfNodes() == nodes_before + 2
+
+
+def test_a_shown_map_changes_colour_table_and_window_on_request():
+    """The web page's colour menu and window slider: the choices exist in the scene, and a change
+    reaches the map's display node (and nothing else)."""
+    from AnomalyDetectionMRML import heat_colour_choices, set_map_display, show_anomaly_map
+
+    scene = slicer.vtkMRMLScene()
+    map_node = image_to_volume_node(sitk.GetImageFromArray(phantom()), scene, "map")
+    show_anomaly_map(map_node)
+    choices = heat_colour_choices(scene)
+    assert "Anomaly heat" in choices and all(scene.GetNodeByID(i) is not None for i in choices.values())
+    assert heat_colour_choices(scene) == choices  # the own table is added once
+    display = map_node.GetDisplayNode()
+    threshold_before = display.GetLowerThreshold()
+    set_map_display(map_node, choices["Anomaly heat"], (0.2, 0.9))
+    assert display.GetColorNodeID() == choices["Anomaly heat"]
+    assert (display.GetWindowLevelMin(), display.GetWindowLevelMax()) == pytest.approx((0.2, 0.9))
+    assert display.GetLowerThreshold() == threshold_before

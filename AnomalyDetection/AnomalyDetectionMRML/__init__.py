@@ -12,7 +12,13 @@ app). Every function takes its nodes as arguments and reaches the scene through 
 """
 
 from .comparison import evaluate_nodes, segment_to_image
-from .display import DEFAULT_COLOUR_NODE_ID, heat_colour_node_id, show_anomaly_map
+from .display import (
+    DEFAULT_COLOUR_NODE_ID,
+    heat_colour_choices,
+    heat_colour_node_id,
+    set_map_display,
+    show_anomaly_map,
+)
 from .nodes import image_to_volume_node, node_array, same_grid, volume_node_to_image
 from .process import RESULTS_CSV, Detection, DetectionOutputs, add_to_scene, detect_image, process, process_folder
 from .segmentation import (
@@ -30,7 +36,8 @@ from .segmentation import (
 __all__ = [
     "DEFAULT_COLOUR_NODE_ID", "RESULTS_CSV", "SEGMENT_NAME", "Detection", "DetectionOutputs", "add_to_scene",
     "detect_image", "detection_report", "detection_state", "ensure_segmentation_converters", "evaluate_nodes",
-    "foreground_node", "heat_colour_node_id", "image_to_volume_node", "labelmap_to_segmentation", "node_array",
-    "process", "process_folder", "same_grid", "segment_to_image",
-    "set_anomaly_segment", "show_anomaly_map", "threshold_range", "update_segmentation", "volume_node_to_image",
+    "foreground_node", "heat_colour_choices", "heat_colour_node_id", "image_to_volume_node",
+    "labelmap_to_segmentation", "node_array", "process", "process_folder", "same_grid", "segment_to_image",
+    "set_anomaly_segment", "set_map_display", "show_anomaly_map", "threshold_range", "update_segmentation",
+    "volume_node_to_image",
 ]

@@ -6,13 +6,16 @@ function takes the nodes it works on and finds the scene through ``node.GetScene
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 from slicer import vtkMRMLColorTableNode, vtkMRMLScalarVolumeDisplayNode
 from vtkmodules.util.numpy_support import vtk_to_numpy
 
-__all__ = ["DEFAULT_COLOUR_NODE_ID", "HEAT_COLOUR_NODE_IDS", "heat_colour_node_id", "map_values", "show_anomaly_map"]
+__all__ = [
+    "DEFAULT_COLOUR_NODE_ID", "HEAT_COLOUR_NODE_IDS", "heat_colour_choices", "heat_colour_node_id", "map_values",
+    "set_map_display", "show_anomaly_map",
+]
 
 #: Slicer's perceptually uniform black-red-yellow table: low scores dark, anomalies bright.
 DEFAULT_COLOUR_NODE_ID = "vtkMRMLColorTableNodeFileInferno.txt"
@@ -51,6 +54,14 @@ def heat_colour_node_id(scene, preferred: Optional[str] = DEFAULT_COLOUR_NODE_ID
     existing = scene.GetSingletonNode(_OWN_HEAT_TAG, "vtkMRMLColorTableNode")
     if existing is not None:
         return existing.GetID()
+    return _add_own_heat_table(scene)
+
+
+def _add_own_heat_table(scene) -> str:
+    """Our Inferno-like table (a singleton: added once per scene); returns its ID."""
+    existing = scene.GetSingletonNode(_OWN_HEAT_TAG, "vtkMRMLColorTableNode")
+    if existing is not None:
+        return existing.GetID()
     table = vtkMRMLColorTableNode()
     table.SetName("Anomaly heat")
     table.SetSingletonTag(_OWN_HEAT_TAG)
@@ -64,6 +75,34 @@ def heat_colour_node_id(scene, preferred: Optional[str] = DEFAULT_COLOUR_NODE_ID
     table.SetHideFromEditors(False)
     scene.AddNode(table)
     return table.GetID()
+
+
+def heat_colour_choices(scene) -> Dict[str, str]:
+    """Name -> ID of the colour tables a map can be shown in: the heat-like ones present, our own
+    Inferno-like table (added once) and, for contrast, Slicer's Rainbow and Grey where present."""
+    own = scene.GetNodeByID(_add_own_heat_table(scene))
+    choices = {own.GetName(): own.GetID()}
+    for node_id in (*HEAT_COLOUR_NODE_IDS, "vtkMRMLColorTableNodeRainbow", "vtkMRMLColorTableNodeGrey"):
+        node = scene.GetNodeByID(node_id)
+        if node is not None:
+            choices[node.GetName()] = node_id
+    return choices
+
+
+def set_map_display(map_node, colour_node_id: Optional[str] = None,
+                    window: Optional[Tuple[float, float]] = None) -> None:
+    """Change how a shown map looks: its colour table and/or its display window (low, high)."""
+    display = map_node.GetDisplayNode()
+    if display is None:
+        return
+    modified = display.StartModify()
+    if colour_node_id:
+        display.SetAndObserveColorNodeID(colour_node_id)
+    if window is not None:
+        low, high = float(window[0]), float(window[1])
+        display.AutoWindowLevelOff()
+        display.SetWindowLevelMinMax(low, max(high, low + 1e-6))
+    display.EndModify(modified)
 
 
 def _robust_range(map_node) -> Tuple[float, float]:
