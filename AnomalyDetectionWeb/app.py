@@ -61,6 +61,8 @@ EFFECTS = {
     "Islands": SegmentationEffectIslands,
 }
 MAIN_LAYOUT = "views"
+#: The teaching grid's first panel: the model's reconstruction of the scan (not the score of that name).
+REBUILT_PANEL = "model's reconstruction"
 TEACHING_LAYOUT = "teaching"
 #: How often the page's progress bar is refreshed while the engine runs (seconds).
 PROGRESS_PERIOD_S = 0.25
@@ -86,7 +88,7 @@ def _main_layout() -> Layout:
 
 
 def _teaching_tag(name: str) -> str:
-    return f"teach_{name}"
+    return "teach_" + "".join(c if c.isalnum() else "_" for c in name)
 
 
 def _teaching_layout(panels: Sequence[str]) -> Layout:
@@ -305,11 +307,12 @@ class WebApp:
         else:
             s.teaching, s.teaching_panels = False, []
             self.layouts.set_layout(MAIN_LAYOUT)
+            self._segment_in_every_view()
 
     def _show_teaching(self) -> None:
         """Every score's map and the reconstruction side by side, the truth outlined on each."""
         outputs = self.session.outputs
-        panels = ["reconstruction", self.state.score, *outputs.score_nodes]
+        panels = [REBUILT_PANEL, self.state.score, *outputs.score_nodes]
         self.layouts.register_layout(TEACHING_LAYOUT, _teaching_layout(panels))
         self.layouts.set_layout(TEACHING_LAYOUT)
         maps = {self.state.score: outputs.map_node, **outputs.score_nodes}
@@ -318,7 +321,7 @@ class WebApp:
             view = views.get(_teaching_tag(panel))
             if view is None:
                 continue
-            if panel == "reconstruction":
+            if panel == REBUILT_PANEL:
                 view.set_background_volume_id(outputs.reconstruction_node.GetID())
                 view.set_foreground_volume_id(None)
             else:
@@ -326,15 +329,27 @@ class WebApp:
                 view.set_foreground_volume_id(maps[panel].GetID())
                 view.set_foreground_opacity(float(self.state.opacity))
             view.reset_view()
+        # the panels show the truth's outline only: the anomaly segment stays in the four views
+        main_views = [v.get_view_node_id() for tag, v in views.items() if not tag.startswith(_teaching_tag(""))]
+        segment_display = outputs.segmentation_node.GetDisplayNode()
+        if segment_display is not None:
+            segment_display.SetViewNodeIDs(main_views)
         self.state.teaching = True
         self.state.teaching_panels = [
             {"name": p, "text": ("What the model takes for the normal scan: the input as the model rebuilds it."
-                                 if p == "reconstruction" else SCORE_HELP.get(p, ""))} for p in panels]
+                                 if p == REBUILT_PANEL else SCORE_HELP.get(p, ""))} for p in panels]
 
     def show_views(self) -> None:
         """Back from the teaching grid to the four views."""
         self.layouts.set_layout(MAIN_LAYOUT)
         self.state.teaching = False
+        self._segment_in_every_view()
+
+    def _segment_in_every_view(self) -> None:
+        outputs = self.session.outputs
+        display = outputs.segmentation_node.GetDisplayNode() if outputs is not None else None
+        if display is not None:
+            display.RemoveAllViewNodeIDs()
 
     # ------------------------------------------------------------------------ threshold, edit
 
@@ -448,7 +463,7 @@ class WebApp:
     def _build_ui(self):
         with VAppLayout(self.server, full_height=True) as layout:
             with html.Div(classes="d-flex", style="height: 100vh;"):
-                with html.Div(style="width: 380px; overflow-y: auto;", classes="pa-2"):
+                with html.Div(style="flex: 0 0 380px; overflow-y: auto;", classes="pa-2"):
                     self._controls()
                 with html.Div(classes="d-flex flex-column", style="flex: 1 1 auto; min-width: 0;"):
                     with html.Div(v_if=("teaching",), classes="d-flex flex-wrap pa-1",

@@ -229,7 +229,7 @@ def test_8_teaching_mode_shows_every_score_beside_the_reconstruction(detected):
     page.click("teach")
     page.wait(lambda: page.state("teaching") and not page.state("busy"), 3 * DETECT_TIMEOUT_S, "teaching mode")
     panels = [panel["name"] for panel in page.state("teaching_panels")]
-    assert panels[0] == "reconstruction" and set(page.state("scores")) <= set(panels)
+    assert panels[0] == "model's reconstruction" and set(page.state("scores")) <= set(panels)
     legend = page.text("teaching-legend")
     assert "Zimmerer et al. 2019" in legend and "Zhou et al. 2020" in legend
     views = page.driver.find_elements(By.CSS_SELECTOR, ".layout-grid-item")
