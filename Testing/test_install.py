@@ -39,16 +39,19 @@ def wheel(tmp_path_factory) -> Path:
     return path
 
 
-def test_wheel_carries_the_bundled_models_and_the_research_verbs(wheel) -> None:
+def test_wheel_carries_the_bundled_models_the_research_verbs_and_the_web_app(wheel) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for model in ("brain_t1_vae", "brain_t1_ae"):
         assert f"AnomalyDetectionLib/resources/Models/{model}.pt" in names
         assert f"AnomalyDetectionLib/resources/Models/{model}.card.json" in names
     assert "AnomalyDetectionMRML/process.py" in names and "AnomalyDetectionResearch/benchmark.py" in names
+    assert "AnomalyDetectionWeb/app.py" in names and "AnomalyDetectionWeb/launcher.py" in names
+    assert "AnomalyDetectionLib/resources/Samples/brain_t1_tumour.nrrd" in names  # the web app's Load sample
     assert not [n for n in names if n.startswith(("Testing/", "scripts/"))]
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "anomaly-detection = AnomalyDetectionLib.cli:main" in text and "AnomalyDetectionResearch.cli" in text
+    assert "web = AnomalyDetectionWeb.cli:add_web" in text
 
 
 def test_installed_wheel_detects_with_its_bundled_default(wheel, tmp_path) -> None:

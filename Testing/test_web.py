@@ -135,23 +135,47 @@ def test_3_the_threshold_slider_reapplies_the_mask_rule_and_never_marks_backgrou
     page.wait(lambda: page.segment_voxels() == calibrated, 60, "the calibrated segment back")
 
 
+def stroke(page, effect: str) -> None:
+    """Activate ``effect`` and drag the mouse across the axial view, as a student paints."""
+    page.click(f"effect-{effect.lower()}")
+    page.wait(lambda: page.state("effect") == effect, 10, f"the {effect} effect")
+    view = page.view_element(0)
+    width, height = view.size["width"], view.size["height"]
+    drag = ActionChains(page.driver)
+    drag.move_to_element_with_offset(view, -width // 8, height // 8).click_and_hold()
+    for _ in range(5):
+        drag.move_by_offset(width // 40, 0)
+    drag.release().perform()
+
+
 def test_4_a_paint_stroke_changes_the_segment_and_undo_restores_it(detected):
     page = detected
     before = page.segment_voxels()
-    page.click("effect-paint")
-    page.wait(lambda: page.state("effect") == "Paint", 10, "the Paint effect")
-    view = page.view_element(0)
-    width, height = view.size["width"], view.size["height"]
-    stroke = ActionChains(page.driver)
-    stroke.move_to_element_with_offset(view, -width // 8, height // 8).click_and_hold()
-    for _ in range(5):
-        stroke.move_by_offset(width // 40, 0)
-    stroke.release().perform()
+    stroke(page, "Paint")
     page.wait(lambda: page.segment_voxels() > before, 30, "the painted voxels")
     assert page.state("can_undo") is True
     page.screenshot("4_painted")
     page.click("undo")
     page.wait(lambda: page.segment_voxels() == before, 30, "undo to restore the segment")
+    page.click("effect-none")
+
+
+def test_4b_erase_and_islands_edit_the_segment_and_undo_steps_back(detected):
+    page = detected
+    before = page.segment_voxels()
+    stroke(page, "Paint")
+    page.wait(lambda: page.segment_voxels() > before, 30, "the painted voxels")
+    painted = page.segment_voxels()
+    stroke(page, "Erase")  # the same path: the painted voxels go again
+    page.wait(lambda: page.segment_voxels() < painted, 30, "the erased voxels")
+    erased = page.segment_voxels()
+    page.click("effect-islands")
+    page.wait(lambda: page.state("effect") == "Islands", 10, "the Islands effect")
+    page.click("keep-largest")
+    page.wait(lambda: page.segment_voxels() < erased, 30, "the smaller islands removed")
+    for expected in (erased, painted, before):
+        page.click("undo")
+        page.wait(lambda e=expected: page.segment_voxels() == e, 30, f"undo back to {expected} voxels")
     page.click("effect-none")
 
 
