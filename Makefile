@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml scripts/fetch_held_out_anatomy.sh scripts/install_browser.sh
+$(STAMP): requirements.txt pyproject.toml scripts/fetch_held_out_anatomy.sh scripts/install_browser.sh \
+		scripts/install_datasets.sh scripts/apt_install.sh
 	@scripts/install_datasets.sh
 	@scripts/install_browser.sh
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)

@@ -9,16 +9,6 @@ missing=""
 ls /usr/lib/*/libEGL.so.1 >/dev/null 2>&1 || missing="$missing libegl1"
 ls /usr/lib/*/libEGL_mesa.so.0 >/dev/null 2>&1 || missing="$missing libegl-mesa0"
 ls /usr/lib/*/dri/swrast_dri.so >/dev/null 2>&1 || missing="$missing libgl1-mesa-dri"
-[ -z "$missing" ] && exit 0
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing$missing with apt-get"
-    # shellcheck disable=SC2086
-    apt-get install -y -q $missing >/dev/null 2>&1 \
-        || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $missing >/dev/null 2>&1; } \
-        || echo "warning: apt-get could not install$missing; the web app's views and the browser tests will not run"
-else
-    echo "note: missing Debian packages:$missing; install them with 'sudo apt-get install$missing'" \
-         "(Debian/Ubuntu). Without them 'anomaly-detection web' cannot render its views and the browser" \
-         "tests are skipped."
-fi
-exit 0
+# shellcheck disable=SC2086
+exec "$(dirname "$0")/apt_install.sh" "'anomaly-detection web' cannot render its views and the browser tests \
+are skipped." $missing

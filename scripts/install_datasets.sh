@@ -7,16 +7,6 @@
 missing=""
 [ -f /usr/share/mricron/templates/ch2.nii.gz ] || missing="$missing mricron-data"
 [ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || missing="$missing dataset-fashion-mnist"
-[ -z "$missing" ] && exit 0
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing$missing with apt-get"
-    # shellcheck disable=SC2086
-    apt-get install -y -q $missing >/dev/null 2>&1 \
-        || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $missing >/dev/null 2>&1; } \
-        || echo "warning: apt-get could not install$missing; Colin27 cases / the Fashion-MNIST experiment are skipped"
-else
-    echo "note: missing Debian packages:$missing; install them with 'sudo apt-get install$missing' (Debian/Ubuntu)." \
-         "Without mricron-data, subjects are made from MNI152 only; without dataset-fashion-mnist, the" \
-         "Fashion-MNIST part of 'anomaly-detection experiment zimmerer2019' cannot run."
-fi
-exit 0
+# shellcheck disable=SC2086
+exec "$(dirname "$0")/apt_install.sh" "subjects are made from MNI152 only (no Colin27), and the Fashion-MNIST part \
+of 'anomaly-detection experiment zimmerer2019' cannot run." $missing
