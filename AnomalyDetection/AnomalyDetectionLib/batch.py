@@ -93,7 +93,7 @@ class Batch:
         Raises :class:`OutputError` when the folder cannot be written (the summary records how
         far the run got) and :class:`Cancelled` when ``cancel()`` asks to stop.
         """
-        self._open_output_dir()
+        self.open_output_dir()
         steps = Progress(progress, cancel)
         count = len(self.outcomes)
         for index, (path, outcome) in enumerate(zip(self.inputs, self.outcomes)):
@@ -103,20 +103,20 @@ class Batch:
             except (OutputError, Cancelled) as exc:
                 if isinstance(exc, OutputError):
                     outcome.status, outcome.error = "failed", str(exc)
-                self._write_summary(quiet=True)
+                self.write_summary(quiet=True)
                 if isinstance(exc, Cancelled):
                     raise
                 done = sum(o.status in ("done", "skipped") for o in self.outcomes)
                 raise OutputError(f"{exc}; the run stopped after {done} of {count} input(s), every output "
                                   "written so far is complete") from None
-            self._write_summary()
+            self.write_summary()
             yield outcome
             outcome.result = None  # on disk now; a cohort must not pile its maps up in memory
         steps.report(1.0, f"{count} input(s) done")
 
     # ------------------------------------------------------------------------------ steps
 
-    def _open_output_dir(self) -> None:
+    def open_output_dir(self) -> None:
         """Create the folder, prove it writable, and clear a killed run's temporary files."""
         try:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -131,36 +131,56 @@ class Batch:
     def _run_one(self, path: Path, outcome: CaseOutcome, progress: Progress,
                  cancel: Optional[Callable[[], bool]]) -> None:
         started = time.perf_counter()
-        targets = detection_paths(self.output_dir, outcome.case)
-        present = [key for key, target in targets.items() if target.exists()]
         try:
-            if "report" in present and not self.overwrite:
-                differences = self._differences(targets["report"], path)
-                if differences:
-                    raise OutputExistsError(
-                        f"{targets['map'].with_name(outcome.case + '_*')}: outputs of another run are there "
-                        f"({', '.join(differences)} {'differs' if len(differences) == 1 else 'differ'}); "
-                        "--overwrite replaces them")
-                outcome.status, outcome.note = "skipped", "outputs of this input and settings already there"
-                outcome.outputs = {key: str(target) for key, target in targets.items()}
+            planned = self.plan(path, outcome)
+            if planned is None:
                 return
-            result = self.detector.detect(path, name=os.path.abspath(path), progress=progress.as_callback(),
-                                          cancel=cancel)
-            if present:  # a failed detection above leaves the earlier set as it was
-                outcome.note = ("replacing the earlier outputs" if "report" in present
-                                else "redoing the incomplete outputs of an interrupted run")
-                self._unlink(targets["report"])  # the set is incomplete until the new report lands
-            written = write_detection(self.output_dir, outcome.case, result)
-        except OutputExistsError as exc:  # this input's names are taken: the others may go on
-            outcome.status, outcome.error = "failed", str(exc)
-            return
-        except (OutputError, Cancelled):
-            raise
-        except AnomalyDetectionError as exc:
-            outcome.status, outcome.error = "failed", str(exc)
-            return
+            try:
+                result = self.detector.detect(path, name=os.path.abspath(path), progress=progress.as_callback(),
+                                              cancel=cancel)
+            except (OutputError, Cancelled):
+                raise
+            except AnomalyDetectionError as exc:
+                outcome.status, outcome.error = "failed", str(exc)
+                return
+            self.finish(outcome, planned, result)
         finally:
             outcome.seconds = round(time.perf_counter() - started, 3)
+
+    def plan(self, path: Path, outcome: CaseOutcome) -> Optional[List[str]]:
+        """Whether ``path`` needs a detection: the names of its outputs already there (maybe none),
+        or None when the input is settled here (skipped: this run's outputs are there; failed:
+        another run's are). Cheap: reads at most one report. A runner that detects elsewhere (a
+        cluster) calls this, detects the inputs it returns a list for, and hands each result to
+        :meth:`finish`."""
+        targets = detection_paths(self.output_dir, outcome.case)
+        present = [key for key, target in targets.items() if target.exists()]
+        if "report" in present and not self.overwrite:
+            differences = self._differences(targets["report"], path)
+            if differences:
+                outcome.status = "failed"
+                outcome.error = str(OutputExistsError(
+                    f"{targets['map'].with_name(outcome.case + '_*')}: outputs of another run are there "
+                    f"({', '.join(differences)} {'differs' if len(differences) == 1 else 'differ'}); "
+                    "--overwrite replaces them"))
+                return None
+            outcome.status, outcome.note = "skipped", "outputs of this input and settings already there"
+            outcome.outputs = {key: str(target) for key, target in targets.items()}
+            return None
+        return present
+
+    def finish(self, outcome: CaseOutcome, present: List[str], result: DetectionResult) -> None:
+        """Write a detection's outputs (atomically, the report last) and mark the input done.
+
+        ``present``: what :meth:`plan` found there; a failed detection never reaches this, so an
+        earlier set stays as it was until its replacement is written. Raises :class:`OutputError`.
+        """
+        targets = detection_paths(self.output_dir, outcome.case)
+        if present:
+            outcome.note = ("replacing the earlier outputs" if "report" in present
+                            else "redoing the incomplete outputs of an interrupted run")
+            self._unlink(targets["report"])  # the set is incomplete until the new report lands
+        written = write_detection(self.output_dir, outcome.case, result)
         outcome.status, outcome.result = "done", result
         outcome.outputs = {key: str(p) for key, p in zip(DETECTION_OUTPUTS, written)}
 
@@ -204,7 +224,8 @@ class Batch:
             "overwrite": self.overwrite, "counts": counts, "cases": [o.row() for o in self.outcomes],
         }
 
-    def _write_summary(self, quiet: bool = False) -> None:
+    def write_summary(self, quiet: bool = False) -> None:
+        """The run summary (``.json`` and ``.csv``) as it stands; written after every input."""
         from .evaluation.against_truth import csv_text
 
         paths = self.summary_paths

@@ -155,8 +155,14 @@ def cmd_detect(args: argparse.Namespace) -> int:
             bar = TqdmProgress("detect", enabled=not args.quiet)
         bar(fraction, message)
 
+    if args.cluster:
+        from .cluster import run_on_ray
+
+        outcomes = run_on_ray(batch, args.cluster, args.workers, progress=progress)
+    else:
+        outcomes = batch.run(progress=progress)
     try:
-        for outcome in batch.run(progress=progress):
+        for outcome in outcomes:
             if bar is not None:
                 bar.close()
                 bar = None
@@ -331,6 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--smoothing-size", type=float, help="median radius (voxels) or Gaussian sigma (mm)")
     de.add_argument("--device", choices=DEVICES, default="auto")
     de.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    de.add_argument("--cluster", metavar="WHERE",
+                    help="spread the scans over Ray (pip install .[cluster]): auto (the running cluster), "
+                    "ray://HOST:PORT, local or local:N (N CPUs here); actors load the model once, the outputs, "
+                    "the summary and the resume rules are those of a run without it")
+    de.add_argument("--workers", type=int, help="Ray actors to start (default: one per CPU, or per GPU with CUDA)")
     de.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     de.set_defaults(func=cmd_detect)
 
