@@ -81,3 +81,9 @@ def test_cluster_addresses(text, parsed):
 def test_a_bad_cluster_address_is_one_line(text):
     with pytest.raises(InputError, match="--cluster"):
         parse_cluster(text)
+
+
+def test_joining_a_cluster_that_is_not_there_is_one_line(tmp_path, model_path, capsys):
+    assert detect(model_path, tmp_path / "out", [scan(tmp_path / "a.nrrd", 0)], "--cluster", "auto") == 2
+    error = capsys.readouterr().err
+    assert "--cluster auto" in error and "Traceback" not in error

@@ -97,10 +97,14 @@ def run_on_ray(batch: Batch, cluster: str, workers: Optional[int] = None,
     settings = batch.detector.settings.as_dict()
     started_ray = not ray.is_initialized()
     if started_ray:
-        if address is not None:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=local_cpus, include_dashboard=False, log_to_driver=False)
+        try:
+            if address is not None:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=local_cpus, include_dashboard=False, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"--cluster {cluster}: Ray could not start or join it ({detail})") from None
     try:
         gpus = settings["device"] == "cuda" or (settings["device"] == "auto" and torch.cuda.is_available())
         resources = ray.cluster_resources()
