@@ -59,6 +59,9 @@ def test_a_cohort_on_ray_writes_what_one_machine_writes_and_resumes(tmp_path, mo
     summary = json.loads((tmp_path / "ray" / "anomaly_detection_run.json").read_text())
     assert summary["counts"] == {"done": 4, "skipped": 0, "failed": 1, "not run": 0}
     assert {c["input"] for c in summary["cases"]} == {str(p) for p in inputs + [bad]}
+    for case in summary["cases"]:  # the manifest's sample scores are the reports'
+        if case["status"] == "done":
+            assert case["sample_score"] == json.loads(Path(case["report"]).read_text())["sample_score"]
 
     # a killed run: one set lost its report; the rerun skips the rest and redoes that one only
     lost = next((tmp_path / "ray").glob("p2_T1_report.json"))
@@ -67,6 +70,7 @@ def test_a_cohort_on_ray_writes_what_one_machine_writes_and_resumes(tmp_path, mo
     assert detect(model_path, tmp_path / "ray", inputs, "--cluster", "local:2") == 0
     summary = json.loads((tmp_path / "ray" / "anomaly_detection_run.json").read_text())
     assert summary["counts"] == {"done": 1, "skipped": 3, "failed": 0, "not run": 0}
+    assert all(case["sample_score"] is not None for case in summary["cases"])
     assert before == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "ray").glob("p[013]_T1_*")}
     assert lost.exists()
 

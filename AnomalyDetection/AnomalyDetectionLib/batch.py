@@ -44,7 +44,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 RUN_SUMMARY = "anomaly_detection_run"
 #: What became of an input: written now, kept from an earlier run, failed, or not reached.
 STATUSES = ("done", "skipped", "failed", "not run")
-SUMMARY_COLUMNS = ("input", "case", "status", *DETECTION_OUTPUTS, "error", "seconds")
+SUMMARY_COLUMNS = ("input", "case", "status", *DETECTION_OUTPUTS, "sample_score", "error", "seconds")
 
 
 @dataclass
@@ -61,11 +61,13 @@ class CaseOutcome:
     result: Optional[DetectionResult] = None
     #: A note for the user (e.g. why the input was skipped or redone).
     note: Optional[str] = None
+    #: How abnormal the scan is as a whole (its report's ``sample_score``), so a cohort sorts by it.
+    sample_score: Optional[float] = None
 
     def row(self) -> Dict[str, Any]:
         return {"input": self.input, "case": self.case, "status": self.status,
-                **{key: self.outputs.get(key) for key in DETECTION_OUTPUTS}, "error": self.error,
-                "seconds": self.seconds}
+                **{key: self.outputs.get(key) for key in DETECTION_OUTPUTS}, "sample_score": self.sample_score,
+                "error": self.error, "seconds": self.seconds}
 
 
 class Batch:
@@ -166,6 +168,7 @@ class Batch:
                 return None
             outcome.status, outcome.note = "skipped", "outputs of this input and settings already there"
             outcome.outputs = {key: str(target) for key, target in targets.items()}
+            outcome.sample_score = _report_value(targets["report"], "sample_score")
             return None
         return present
 
@@ -183,6 +186,7 @@ class Batch:
         written = write_detection(self.output_dir, outcome.case, result)
         outcome.status, outcome.result = "done", result
         outcome.outputs = {key: str(p) for key, p in zip(DETECTION_OUTPUTS, written)}
+        outcome.sample_score = _finite_or_none(result.report.get("sample_score"))
 
     def _unlink(self, path: Path) -> None:
         try:
@@ -235,6 +239,22 @@ class Batch:
         except OSError as exc:
             if not quiet:
                 raise OutputError(f"{paths['json']}: cannot write the run summary ({exc.strerror or exc})") from None
+
+
+def _finite_or_none(value: Any) -> Optional[float]:
+    """A number for the summary (JSON has no NaN), or None."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number == number and abs(number) != float("inf") else None
+
+
+def _report_value(path: Path, key: str) -> Optional[float]:
+    try:
+        return _finite_or_none(json.loads(path.read_text(encoding="utf-8")).get(key))
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def run_batch(detector: Detector, inputs: Sequence[PathLike], output_dir: PathLike, overwrite: bool = False,
