@@ -74,3 +74,11 @@ def test_a_bad_upload_is_one_line_naming_the_students_file(name, content, messag
 def test_an_upload_over_the_limit_is_refused_before_it_is_read():
     with pytest.raises(InputError, match="over the upload limit of 1 MB"):
         upload_to_image("big.nrrd", b"\0" * 1_500_000, max_mb=1)
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".nii.gz"])
+def test_an_rgb_upload_is_refused_as_rgb(tmp_path, suffix):
+    path = tmp_path / f"photo{suffix}"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 5, 6, 3), np.uint8), isVector=True), str(path))
+    with pytest.raises(InputError, match=r"^photo.*RGB"):
+        upload_to_image(path.name, path.read_bytes())
