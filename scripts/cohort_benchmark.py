@@ -1,7 +1,6 @@
 """Cohort throughput: ``detect`` one scan after another against ``detect --cluster local:N``.
 
-Makes a cohort of ``--scans`` copies of the shipped sample (each in its own folder, so each is a
-distinct input), then times the whole command for each mode in one run of this script and prints
+Makes a cohort of ``--scans`` copies of the shipped sample (``p000.nrrd``, ... in one folder), then times the whole command for each mode in one run of this script and prints
 scans per second and the ratio to the sequential loop. Every mode writes into a fresh folder and
 starts its own Ray, so Ray's start-up is part of its time, as for a user.
 Usage: ``.venv/bin/python scripts/cohort_benchmark.py [--scans 8] [--modes sequential local:1 local:2]``.
@@ -30,9 +29,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     scan, _ = sample_paths()
     with tempfile.TemporaryDirectory(prefix="ad-cohort-") as folder:
         cohort = Path(folder) / "cohort"
+        cohort.mkdir()
         for i in range(args.scans):
-            (cohort / f"p{i:03d}").mkdir(parents=True)
-            shutil.copy(scan, cohort / f"p{i:03d}" / scan.name)
+            shutil.copy(scan, cohort / f"p{i:03d}{scan.suffix}")
         rows = []
         for mode in args.modes:
             out = Path(folder) / f"out_{mode.replace(':', '_')}"
