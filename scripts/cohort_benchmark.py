@@ -1,9 +1,10 @@
 """Cohort throughput: ``detect`` one scan after another against ``detect --cluster local:N``.
 
-Makes a cohort of ``--scans`` copies of the shipped sample (``p000.nrrd``, ... in one folder), then times the whole command for each mode in one run of this script and prints
-scans per second and the ratio to the sequential loop. Every mode writes into a fresh folder and
-starts its own Ray, so Ray's start-up is part of its time, as for a user.
-Usage: ``.venv/bin/python scripts/cohort_benchmark.py [--scans 8] [--modes sequential local:1 local:2]``.
+Makes a cohort of ``--scans`` copies of the shipped sample (``p000.nrrd``, ... in one folder),
+then times the whole command for each mode in one run of this script and prints scans per
+second and the ratio to the sequential loop. Every mode writes into a fresh folder and starts
+its own Ray, so Ray's start-up is part of its time, as for a user.
+Usage: ``.venv/bin/python scripts/cohort_benchmark.py [--scans 8] [--modes sequential local:2]``.
 """
 
 from __future__ import annotations
