@@ -48,9 +48,9 @@ from AnomalyDetectionLib.errors import AnomalyDetectionError, Cancelled  # noqa:
 from AnomalyDetectionMRML import heat_colour_choices, set_map_display  # noqa: E402
 from AnomalyDetectionMRML.display import map_values  # noqa: E402
 
-from .session import DEFAULT_MAX_UPLOAD_MB, WebSession  # noqa: E402
+from .session import DEFAULT_MAX_UPLOAD_MB, EXPORT_SUFFIXES, WebSession  # noqa: E402
 
-__all__ = ["EFFECTS", "WebApp", "build_app"]
+__all__ = ["EFFECTS", "WebApp"]
 
 #: Segment Editor effects offered in the page (label -> trame-slicer effect).
 EFFECTS = {
@@ -439,13 +439,11 @@ class WebApp:
     async def download(self, what: str):
         """The map, the engine's mask at the current threshold or the edited segmentation, as NIfTI."""
         try:
-            name, content = self.session.export(what)
+            _, content = self.session.export(what)  # the page names the file itself
         except AnomalyDetectionError as exc:
             with self.state:
                 self.state.error = str(exc)
             return None
-        with self.state:
-            self.state.download_name = name
         return self.server.protocol.addAttachment(content)
 
     # ------------------------------------------------------------------------------------ UI
@@ -547,16 +545,12 @@ class WebApp:
                      raw_attrs=['data-testid="dice-plot"'])
             html.H4("Download", classes="mt-2")
             with html.Div(classes="d-flex flex-wrap"):
-                for what in ("map", "mask", "segmentation"):
+                for what, suffix in EXPORT_SUFFIXES.items():
                     trigger = self.server.trigger_name(self.download)
                     v3.VBtn(what, size="small", classes="ma-1", raw_attrs=[f'data-testid="download-{what}"'],
-                            click=f"utils.download(scan_name + '_{_download_suffix(what)}', "
+                            click=f"utils.download(scan_name + '_{suffix}', "
                                   f"trigger('{trigger}', ['{what}']), 'application/gzip')")
             self._button("Back to the four views", self.show_views, "show-views", v_show=("teaching",))
-
-
-def _download_suffix(what: str) -> str:
-    return {"map": "anomaly.nii.gz", "mask": "mask.nii.gz", "segmentation": "segmentation.nii.gz"}[what]
 
 
 def _content(file: Dict[str, Any]) -> bytes:
@@ -587,9 +581,3 @@ def _dice_plot(thresholds, dices, threshold: float, calibrated: float) -> str:
     figure.savefig(buffer, format="png")
     plt.close(figure)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def build_app(model_paths: Optional[List[Path]] = None, device: str = "auto",
-              max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, server=None) -> WebApp:
-    """The page on a fresh trame server (one per process: trame's state is per server)."""
-    return WebApp(server=server, model_paths=model_paths, device=device, max_upload_mb=max_upload_mb)

@@ -30,10 +30,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     from trame.app import get_server
 
-    from .app import build_app
+    from .app import WebApp
 
     server = get_server(client_type="vue3")
-    build_app(model_paths=args.model, device=args.device, max_upload_mb=args.max_upload_mb, server=server)
+    WebApp(server=server, model_paths=args.model, device=args.device, max_upload_mb=args.max_upload_mb)
     server.controller.on_server_ready.add(lambda **_: print(f"READY {args.port}", flush=True))
     server.start(port=args.port, host=args.host, open_browser=False, show_connection_info=False,
                  timeout=int(args.idle_timeout), disable_logging=True)

@@ -35,16 +35,19 @@ from AnomalyDetectionMRML import (
     evaluate_nodes,
     image_to_volume_node,
     labelmap_to_segmentation,
+    mask_at,
     segment_to_image,
     threshold_range,
     update_segmentation,
     volume_node_to_image,
 )
 
-__all__ = ["DEFAULT_MAX_UPLOAD_MB", "Prepared", "WebSession", "upload_to_image"]
+__all__ = ["DEFAULT_MAX_UPLOAD_MB", "EXPORT_SUFFIXES", "Prepared", "WebSession", "upload_to_image"]
 
 #: Largest upload the page accepts (a 1 mm head is about 30 MB uncompressed; DICOM series zip well).
 DEFAULT_MAX_UPLOAD_MB = 300
+#: What the page offers for download -> the file name's ending after ``<scan>_`` (as ``detect`` names them).
+EXPORT_SUFFIXES = {"map": "anomaly.nii.gz", "mask": "mask.nii.gz", "segmentation": "segmentation.nii.gz"}
 #: File endings the page accepts (a zip holds a DICOM series).
 UPLOAD_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".zip")
 
@@ -206,8 +209,8 @@ class WebSession:
     def _remove(self, node) -> None:
         if self._alive(node) is not None:
             for i in range(node.GetNumberOfDisplayNodes() if hasattr(node, "GetNumberOfDisplayNodes") else 0):
-                display = node.GetNthDisplayNode(i)
-                if display is not None and self.scene.GetNodeByID(display.GetID()) is display:
+                display = self._alive(node.GetNthDisplayNode(i))
+                if display is not None:
                     self.scene.RemoveNode(display)
             self.scene.RemoveNode(node)
 
@@ -315,23 +318,18 @@ class WebSession:
     # ------------------------------------------------------------------------------ downloads
 
     def export(self, what: str) -> Tuple[str, bytes]:
-        """``(file name, NIfTI bytes)`` of the ``map``, the engine's ``mask`` at the detection's threshold
+        """``(file name, NIfTI bytes)`` of the ``map``, the engine's ``mask`` at the current threshold
         or the edited ``segmentation``, each on the scan's grid."""
         self._require_outputs()
-        stem = self.scan_node.GetName()
-        if what == "map":
-            image, name = volume_node_to_image(self.outputs.map_node), f"{stem}_anomaly.nii.gz"
-        elif what == "mask":
-            from AnomalyDetectionLib.postprocessing import threshold_map
-            from AnomalyDetectionMRML import detection_state
-
-            foreground, settings = detection_state(self.outputs.map_node)
-            image = threshold_map(volume_node_to_image(self.outputs.map_node), self.threshold, foreground, settings)
-            name = f"{stem}_mask.nii.gz"
-        elif what == "segmentation":
-            image, name = self.segment_image(), f"{stem}_segmentation.nii.gz"
-        else:
+        if what not in EXPORT_SUFFIXES:
             raise ValueError(f"nothing to download called {what!r}")
+        name = f"{self.scan_node.GetName()}_{EXPORT_SUFFIXES[what]}"
+        if what == "map":
+            image = volume_node_to_image(self.outputs.map_node)
+        elif what == "mask":
+            image = mask_at(self.outputs.map_node, self.threshold)
+        else:
+            image = self.segment_image()
         with tempfile.TemporaryDirectory(prefix="anomaly-download-") as folder:
             path = Path(folder) / name
             sitk.WriteImage(image, str(path), True)

@@ -25,6 +25,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from AnomalyDetectionWeb.session import EXPORT_SUFFIXES
+
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
@@ -127,7 +129,7 @@ class Page:
         for old in self.downloads.glob("*"):
             old.unlink()
         self.click(f"download-{what}")
-        suffix = {"map": "_anomaly.nii.gz", "mask": "_mask.nii.gz", "segmentation": "_segmentation.nii.gz"}[what]
+        suffix = "_" + EXPORT_SUFFIXES[what]
         path = self.wait(lambda: next((p for p in self.downloads.glob(f"*{suffix}")
                                        if p.stat().st_size > 0 and not p.name.endswith(".crdownload")), None),
                          60, f"the {what} download")

@@ -102,15 +102,11 @@ class Batch:
             try:
                 steps.report(index / count, f"{outcome.case} ({index + 1}/{count})")
                 self._run_one(path, outcome, steps.sub(index / count, (index + 1) / count), cancel)
-            except (OutputError, Cancelled) as exc:
-                if isinstance(exc, OutputError):
-                    outcome.status, outcome.error = "failed", str(exc)
+            except Cancelled:
                 self.write_summary(quiet=True)
-                if isinstance(exc, Cancelled):
-                    raise
-                done = sum(o.status in ("done", "skipped") for o in self.outcomes)
-                raise OutputError(f"{exc}; the run stopped after {done} of {count} input(s), every output "
-                                  "written so far is complete") from None
+                raise
+            except OutputError as exc:
+                raise self.stopped(outcome, exc) from None
             self.write_summary()
             yield outcome
             outcome.result = None  # on disk now; a cohort must not pile its maps up in memory
@@ -187,6 +183,15 @@ class Batch:
         outcome.status, outcome.result = "done", result
         outcome.outputs = {key: str(p) for key, p in zip(DETECTION_OUTPUTS, written)}
         outcome.sample_score = _finite_or_none(result.report.get("sample_score"))
+
+    def stopped(self, outcome: CaseOutcome, exc: OutputError) -> OutputError:
+        """The error that ends a run whose folder cannot be written: ``outcome`` failed with ``exc``,
+        the summary says how far the run got, every set written so far is complete."""
+        outcome.status, outcome.error = "failed", str(exc)
+        self.write_summary(quiet=True)
+        done = sum(o.status in ("done", "skipped") for o in self.outcomes)
+        return OutputError(f"{exc}; the run stopped after {done} of {len(self.outcomes)} input(s), every output "
+                           "written so far is complete")
 
     def _unlink(self, path: Path) -> None:
         try:

@@ -148,11 +148,7 @@ def _run(batch: Batch, pool, progress: Optional[ProgressCallback],
             try:
                 batch.finish(outcome, planned[index], result)
             except OutputError as exc:  # the folder cannot be written: stop, as on one machine
-                outcome.status, outcome.error = "failed", str(exc)
-                batch.write_summary(quiet=True)
-                done = sum(o.status in ("done", "skipped") for o in batch.outcomes)
-                raise OutputError(f"{exc}; the run stopped after {done} of {total} input(s), every output "
-                                  "written so far is complete") from None
+                raise batch.stopped(outcome, exc) from None
         known += 1
         batch.write_summary()
         steps.report(known / total, f"{outcome.case} ({known}/{total})")

@@ -28,6 +28,7 @@ from .segmentation import (
     ensure_segmentation_converters,
     foreground_node,
     labelmap_to_segmentation,
+    mask_at,
     set_anomaly_segment,
     threshold_range,
     update_segmentation,
@@ -37,7 +38,7 @@ __all__ = [
     "DEFAULT_COLOUR_NODE_ID", "RESULTS_CSV", "SEGMENT_NAME", "Detection", "DetectionOutputs", "add_to_scene",
     "detect_image", "detection_report", "detection_state", "ensure_segmentation_converters", "evaluate_nodes",
     "foreground_node", "heat_colour_choices", "heat_colour_node_id", "image_to_volume_node",
-    "labelmap_to_segmentation", "node_array", "process", "process_folder", "same_grid", "segment_to_image",
+    "labelmap_to_segmentation", "mask_at", "node_array", "process", "process_folder", "same_grid", "segment_to_image",
     "set_anomaly_segment", "set_map_display", "show_anomaly_map", "threshold_range", "update_segmentation",
     "volume_node_to_image",
 ]

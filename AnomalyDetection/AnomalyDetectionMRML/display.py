@@ -51,9 +51,6 @@ def heat_colour_node_id(scene, preferred: Optional[str] = DEFAULT_COLOUR_NODE_ID
     for node_id in ([preferred] if preferred else []) + list(HEAT_COLOUR_NODE_IDS):
         if scene.GetNodeByID(node_id) is not None:
             return node_id
-    existing = scene.GetSingletonNode(_OWN_HEAT_TAG, "vtkMRMLColorTableNode")
-    if existing is not None:
-        return existing.GetID()
     return _add_own_heat_table(scene)
 
 

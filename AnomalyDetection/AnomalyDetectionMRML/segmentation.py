@@ -33,7 +33,7 @@ from .nodes import image_to_volume_node, oriented_image_like, volume_node_to_ima
 
 __all__ = [
     "FOREGROUND_ROLE", "REPORT_ATTRIBUTE", "SEGMENT_NAME", "THRESHOLD_ATTRIBUTE", "detection_report", "detection_state",
-    "ensure_segmentation_converters", "foreground_node", "labelmap_to_segmentation", "set_anomaly_segment",
+    "ensure_segmentation_converters", "foreground_node", "labelmap_to_segmentation", "mask_at", "set_anomaly_segment",
     "threshold_range", "update_segmentation",
 ]
 
@@ -188,9 +188,15 @@ def update_segmentation(
     so the segment equals the engine's mask at ``threshold``: nothing outside the foreground,
     components smaller than the model's minimum removed.
     """
+    return set_anomaly_segment(map_node, mask_at(map_node, threshold), threshold, segmentation_node, name,
+                               closed_surface)
+
+
+def mask_at(map_node, threshold: float) -> sitk.Image:
+    """The engine's mask of the map at ``threshold``, with the foreground and post-processing its
+    detection left on the node: what ``detect`` would write as ``<stem>_mask.nii.gz`` there."""
     foreground, settings = detection_state(map_node)
-    mask = threshold_map(volume_node_to_image(map_node), float(threshold), foreground, settings)
-    return set_anomaly_segment(map_node, mask, threshold, segmentation_node, name, closed_surface)
+    return threshold_map(volume_node_to_image(map_node), float(threshold), foreground, settings)
 
 
 def labelmap_to_segmentation(labelmap: sitk.Image, scene, name: str, reference_node=None) -> vtkMRMLSegmentationNode:
