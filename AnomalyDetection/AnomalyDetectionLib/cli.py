@@ -87,11 +87,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .preprocessing.io import expand_inputs
     from .preprocessing.template import template_entry
     from .training import train
+    from .training.distributed import launch_environment, launch_rank, start
 
     resolve_device(args.device)
+    if args.distributed and launch_environment() is None:
+        start(True, args.device)  # raises the error that says how to launch with torchrun
+    main_process = launch_rank() == 0  # under torchrun, only rank 0 draws the bar and prints
     volumes = expand_inputs(args.normal)
     calibration = expand_inputs(args.calibration) if args.calibration else None
-    bar = TqdmProgress("train", enabled=not args.quiet)
+    bar = TqdmProgress("train", enabled=not args.quiet and main_process)
     try:
         model = train(
             volumes, args.output, arch=args.arch, size=args.size, latent_dim=args.latent, beta=args.beta,
@@ -101,12 +105,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, learning_rate=args.lr, val_fraction=args.val_fraction, seed=args.seed,
             device=args.device, calibration_volumes=calibration, percentile=args.percentile, resume=args.resume,
             denoising=None if args.denoising is None else {"std": args.denoising},
-            description=args.description, progress=bar,
+            description=args.description, progress=bar, distributed=True if args.distributed else None,
         )
     finally:
         bar.close()
+    if not main_process:
+        return 0
     training = model.card["training"]
-    print(f"wrote {args.output}: {model.card['arch']} trained on {training['train_slices']} slices in "
+    processes = f" by {training['world_size']} processes" if training.get("world_size", 1) > 1 else ""
+    print(f"wrote {args.output}: {model.card['arch']} trained on {training['train_slices']} slices{processes} in "
           f"{training['duration_s']} s, best validation loss {training['best_validation_loss']:.2f}")
     print("calibrated thresholds: " + ", ".join(f"{k} {v:.4g}" for k, v in model.thresholds.items()))
     return 0
@@ -303,6 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue from OUTPUT.ckpt if present")
     tr.add_argument("--description", default="", help="training data description for the model card")
     tr.add_argument("--device", choices=DEVICES, default="auto")
+    tr.add_argument("--distributed", action="store_true",
+                    help="train with PyTorch DDP over the processes torchrun starts (NCCL on GPUs, one per "
+                         "process; Gloo on CPUs): 'torchrun --nproc-per-node N -m AnomalyDetectionLib.cli train ... "
+                         "--distributed'. Under torchrun with N > 1 training is distributed anyway; the flag makes "
+                         "a missing torchrun environment an error. --batch-size is per process; rank 0 writes")
     tr.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     tr.set_defaults(func=cmd_train)
 

@@ -25,6 +25,10 @@ class DeviceError(AnomalyDetectionError):
     """The requested compute device is not available (e.g. ``cuda`` without CUDA)."""
 
 
+class DistributedError(AnomalyDetectionError):
+    """Distributed training cannot start: no torchrun environment where one is required, or no process group."""
+
+
 class OutputError(AnomalyDetectionError):
     """An output cannot be written (folder read-only or full): a batch stops here, keeping what is complete."""
 
