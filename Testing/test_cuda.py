@@ -63,3 +63,32 @@ def test_bundled_vae_on_cuda_matches_cpu(lesion_case, score) -> None:
     cpu = detect(image, "brain_t1_vae", score=score, device="cpu")
     gpu = detect(image, "brain_t1_vae", score=score, device="cuda", reuse=cpu.prepared)
     assert_maps_agree(gpu.anomaly_map, cpu.anomaly_map, f"brain_t1_vae/{score}")
+
+
+def test_detection_on_cuda_registers_on_the_gpu_reproducibly_and_agrees_with_cpu(lesion_case) -> None:
+    """The whole chain on the GPU (torch registration, resampling, smoothing) against SimpleITK on
+    the CPU: the registrations within the torch geometry test's tolerance over the brain, the
+    maps and masks alike, and a second GPU run the same to the bit."""
+    from test_torch_geometry import AGREEMENT_MAX_MM, AGREEMENT_MEAN_MM
+
+    image, _ = lesion_case
+    cpu = detect(image, "brain_t1_vae", device="cpu")
+    gpu = detect(image, "brain_t1_vae", device="cuda")
+    again = detect(image, "brain_t1_vae", device="cuda")
+    assert gpu.prepared.device.type == "cuda" and cpu.prepared.device is None
+    assert gpu.report["registration"]["parameters"] == again.report["registration"]["parameters"]
+    np.testing.assert_array_equal(array(gpu.foreground), array(again.foreground))
+    brain = np.argwhere(array(cpu.foreground) > 0)[::20]
+    points = [cpu.foreground.TransformIndexToPhysicalPoint([int(i) for i in index[::-1]]) for index in brain]
+    inverse_cpu = cpu.registration.transform.GetInverse()
+    inverse_gpu = gpu.registration.transform.GetInverse()
+    apart = np.array([np.linalg.norm(np.subtract(inverse_cpu.TransformPoint(p), inverse_gpu.TransformPoint(p)))
+                      for p in points])
+    assert apart.mean() < AGREEMENT_MEAN_MM and apart.max() < AGREEMENT_MAX_MM, (apart.mean(), apart.max())
+    a, b = array(cpu.foreground) > 0, array(gpu.foreground) > 0
+    assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.97
+    both = a & b
+    maps = np.corrcoef(array(cpu.anomaly_map)[both], array(gpu.anomaly_map)[both])[0, 1]
+    assert maps > 0.9, maps
+    a, b = array(cpu.mask) > 0, array(gpu.mask) > 0
+    assert 2 * (a & b).sum() / max(a.sum() + b.sum(), 1) > 0.8

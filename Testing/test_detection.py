@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from AnomalyDetectionLib import Cancelled, ModelError, detect, reconstruct
+from AnomalyDetectionLib import Cancelled, Detector, ModelError, detect, reconstruct
 from AnomalyDetectionLib.evaluation import voxel_auroc
 from AnomalyDetectionLib.scoring import SCORES
 from conftest import array
@@ -101,3 +101,25 @@ def test_reconstruction_is_on_the_input_grid_and_matches_the_reconstruction_scor
 def test_reconstruction_can_be_cancelled(tiny_ae, lesion_case) -> None:
     with pytest.raises(Cancelled):
         reconstruct(lesion_case[0], tiny_ae, device="cpu", cancel=lambda: True)
+
+
+@pytest.mark.parametrize("score", ["reconstruction", "combi", "ensemble", "intensity"])
+def test_scans_scored_in_shared_batches_get_the_maps_they_get_alone(tiny_vae, normal_volumes, lesion_case, score):
+    """A cohort's GPU worker scores the slices of several scans together (Detector.score_many); each
+    scan's maps and detection are those it gets on its own, up to the last bits a slice's batch size
+    moves (which is why CPU workers score one scan at a time: there a cohort is bit-identical)."""
+    detector = Detector(tiny_vae, score=score, device="cpu", batch_size=7)  # batches straddle the scans
+    volumes = [detector.prepare(image, f"scan {i}") for i, image in enumerate([lesion_case[0], *normal_volumes[:2]])]
+    together = detector.score_many(volumes)
+    assert len(together) == len(volumes)
+    for prepared, (maps, run) in zip(volumes, together):
+        alone = detector.score(prepared)
+        np.testing.assert_allclose(maps, alone, rtol=0, atol=1e-4 * float(alone.max()))
+        assert run.device == "cpu" and run.warnings == []
+    np.testing.assert_array_equal(detector.score_many(volumes[:1])[0][0], detector.score(volumes[0]))
+    alone = detector.detect(lesion_case[0], name="scan 0")
+    maps, run = detector.score_many(volumes[:1])[0]
+    finished = detector.finish(volumes[0], maps, run, {}, name="scan 0")
+    np.testing.assert_array_equal(array(finished.anomaly_map), array(alone.anomaly_map))
+    assert finished.report["sample_score"] == alone.report["sample_score"]
+    assert finished.report["anomalous_voxels"] == alone.report["anomalous_voxels"]

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -54,6 +54,7 @@ from .preprocessing.io import detection_paths
 from .preprocessing.registration import RegistrationResult
 from .progress import CancelCheck, Progress, ProgressCallback
 from .scoring import check_score, score_slices
+from .scoring.stack import VOLUME_SCORES, as_batch
 from .version import __version__
 
 ImageInput = Union[sitk.Image, str, "os.PathLike[str]"]
@@ -199,7 +200,15 @@ class Detector:
             if reuse.fits(self.model.card):
                 return reuse
             registration = reuse.registration_for(self.model.card)
-        return prepare_volume(image, self.model.card, name, progress, registration=registration)
+        return prepare_volume(image, self.model.card, name, progress, registration=registration,
+                              device=self.geometry_device)
+
+    @property
+    def geometry_device(self) -> Optional[torch.device]:
+        """Where registration, resampling and smoothing run in torch: the model's device when it is a
+        GPU; None (SimpleITK on the CPU) otherwise, where SimpleITK is the faster and the reference."""
+        device = self.model.device
+        return device if device.type == "cuda" else None
 
     def score(self, prepared: PreparedVolume, progress: Optional[Progress] = None,
               member_maps: Optional[Mapping[str, np.ndarray]] = None,
@@ -237,7 +246,8 @@ class Detector:
     def smoothed_map(self, slice_maps: np.ndarray, prepared: PreparedVolume, foreground: sitk.Image) -> sitk.Image:
         """Slice maps -> the smoothed map on the input grid, before the per-scan normalisation (the
         one the scan's sample score is taken from, :meth:`sample_score`)."""
-        return smooth_map(to_input_grid_image(slice_maps, prepared), foreground, self.settings.postprocessing)
+        return smooth_map(to_input_grid_image(slice_maps, prepared), foreground, self.settings.postprocessing,
+                          prepared.device)
 
     def normalised(self, smoothed: sitk.Image, foreground: sitk.Image) -> sitk.Image:
         """:meth:`smoothed_map`'s result normalised as the post-processing says: the anomaly map
@@ -318,6 +328,7 @@ class Detector:
         if not isinstance(image, sitk.Image):
             name = name or str(image)
             image = read_volume(image)
+        read_s = time.perf_counter() - started
         name = name or "input"
         steps.report(0.0, f"{name}: preparing")
         prepared = self.prepare(image, name, steps.sub(0.0, 0.05), reuse)
@@ -326,7 +337,78 @@ class Detector:
         prepared_at = time.perf_counter()
         compute: List[ComputeRun] = []
         slice_maps = self.score(prepared, steps.sub(0.05, 0.9), member_maps, compute)
-        scored_at = time.perf_counter()
+        result = self.finish(prepared, slice_maps, compute[0], {
+            "read_s": read_s,
+            "register_s": prepared.registration.seconds if newly_registered else 0.0,
+            "prepare_s": prepared_at - started,  # reading and registration included
+            "score_s": time.perf_counter() - prepared_at,
+        }, keep_slice_maps, name, image)
+        steps.report(1.0, f"{name}: done")
+        return result
+
+    def score_many(self, volumes: Sequence[PreparedVolume]) -> List[Tuple[np.ndarray, ComputeRun]]:
+        """:meth:`score` of several volumes, their slices in shared batches: what a cohort's worker
+        does so a GPU is not left half-empty by the last batch of every scan.
+
+        Each volume's slice maps are those :meth:`score` gives it alone (the networks score each
+        slice on its own: on the CPU the same bits). The ensemble's members are batched across the
+        volumes and combined per volume; the intensity yardstick needs no batching.
+        """
+        settings = self.settings
+        if len(volumes) < 2 or settings.score in VOLUME_SCORES:
+            return [self._score_alone(prepared) for prepared in volumes]
+        members = (check_score(self.model, settings.score, dict(settings.score_params))["member_params"]
+                   if settings.score == "ensemble" else {settings.score: dict(settings.score_params)})
+        occupied = [prepared.foreground_fraction() > 0 for prepared in volumes]
+        stack = np.concatenate([prepared.slices[chosen] for prepared, chosen in zip(volumes, occupied)])
+        bounds = np.cumsum([0] + [int(chosen.sum()) for chosen in occupied])
+        home = self.model.device
+        shared: Dict[str, np.ndarray] = {}
+        runs: List[ComputeRun] = []
+        try:
+            for member, params in members.items():
+                shared[member], run = with_memory_fallback(
+                    lambda size, m=member, p=params: score_slices(self.model, stack, m, p, size) if len(stack)
+                    else np.zeros(stack.shape, np.float32), settings.batch_size, home, self.model.to,
+                    f"'{member}' score")
+                runs.append(run)
+        finally:
+            if self.model.device != home:
+                self.model.to(home)
+        run = ComputeRun(min(r.batch_size for r in runs), runs[-1].device, [w for r in runs for w in r.warnings])
+        results = []
+        for index, (prepared, chosen) in enumerate(zip(volumes, occupied)):
+            mine = {member: values[bounds[index]:bounds[index + 1]] for member, values in shared.items()}
+            if settings.score == "ensemble":
+                results.append((self.score(prepared, member_maps=self._full(mine, prepared, chosen)), run))
+            else:
+                maps = np.zeros(prepared.slices.shape, dtype=np.float32)
+                maps[chosen] = mine[settings.score]
+                results.append((maps, run))
+        return results
+
+    def _score_alone(self, prepared: PreparedVolume) -> Tuple[np.ndarray, ComputeRun]:
+        compute: List[ComputeRun] = []
+        maps = self.score(prepared, compute=compute)
+        return maps, compute[0]
+
+    @staticmethod
+    def _full(maps: Mapping[str, np.ndarray], prepared: PreparedVolume, chosen: np.ndarray) -> Dict[str, np.ndarray]:
+        """Maps of the occupied slices spread back over all of ``prepared``'s slices (zeros elsewhere)."""
+        full = {}
+        for member, values in maps.items():
+            full[member] = np.zeros(prepared.slices.shape, dtype=np.float32)
+            full[member][chosen] = values
+        return full
+
+    def finish(self, prepared: PreparedVolume, slice_maps: np.ndarray, compute: ComputeRun,
+               timings: Mapping[str, float], keep_slice_maps: bool = False, name: Optional[str] = None,
+               image: Optional[sitk.Image] = None) -> DetectionResult:
+        """Slice maps of ``prepared`` -> the detection: map on the input grid, sample score, per-scan
+        normalisation, threshold, mask and report. ``timings`` (seconds) so far: ``read_s``,
+        ``register_s``, ``prepare_s``, ``score_s``; post-processing and the total are added.
+        ``name`` and ``image`` as the report should give them (default: the prepared volume's)."""
+        began = time.perf_counter()
         foreground = foreground_image(prepared)
         smoothed = self.smoothed_map(slice_maps, prepared, foreground)
         scan_score = self.sample_score(smoothed, foreground)
@@ -335,19 +417,16 @@ class Detector:
         threshold, source, warnings = self.choose_threshold(anomaly_map, foreground)
         if prepared.registration is not None:
             warnings = list(prepared.registration.warnings) + warnings
-        warnings = list(compute[0].warnings) + warnings
+        warnings = list(compute.warnings) + warnings
         mask = self.mask(anomaly_map, foreground, threshold)
-        steps.report(1.0, f"{name}: done")
-        finished = time.perf_counter()
-        timings = {
-            "register_s": round(prepared.registration.seconds, 3) if newly_registered else 0.0,
-            "prepare_s": round(prepared_at - started, 3),
-            "score_s": round(scored_at - prepared_at, 3),
-            "postprocess_s": round(finished - scored_at, 3),
-            "total_s": round(finished - started, 3),
-        }
-        report = self._report(image, name, prepared, scan_score, mask, foreground, threshold, source, warnings,
-                              timings, compute[0])
+        postprocess_s = time.perf_counter() - began
+        rounded = {key: round(float(timings.get(key, 0.0)), 3) for key in ("read_s", "register_s", "prepare_s",
+                                                                          "score_s")}
+        rounded["postprocess_s"] = round(postprocess_s, 3)
+        rounded["total_s"] = round(float(timings.get("prepare_s", 0.0)) + float(timings.get("score_s", 0.0))
+                                   + postprocess_s, 3)
+        report = self._report(image if image is not None else prepared.image, name or prepared.name, prepared,
+                              scan_score, mask, foreground, threshold, source, warnings, rounded, compute)
         return DetectionResult(anomaly_map=anomaly_map, mask=mask, foreground=foreground, report=report,
                                prepared=prepared, slice_maps=slice_maps if keep_slice_maps else None)
 
@@ -376,7 +455,7 @@ class Detector:
                         f"{min(start + batch_size, len(occupied))} of {len(occupied)}")
             chosen = occupied[start:start + batch_size]
             with torch.no_grad():
-                batch = torch.from_numpy(np.ascontiguousarray(prepared.slices[chosen])).to(self.model.device)
+                batch = as_batch(prepared.slices[chosen], self.model.device)
                 decoded[chosen] = network.reconstruct(batch).cpu().numpy()
         steps.report(1.0, "reconstruction: done")
         return to_input_grid_image(decoded, prepared)

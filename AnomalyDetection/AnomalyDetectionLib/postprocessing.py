@@ -11,12 +11,15 @@ calibrated with.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional
 
 import numpy as np
 import SimpleITK as sitk
 
 from .catalog import MAP_NORMALISATIONS, SMOOTHING
+
+if TYPE_CHECKING:  # imported on use: the MRML layer loads this module without torch
+    import torch
 
 DEFAULT_POSTPROCESSING: Dict[str, Any] = {"smoothing": "median", "smoothing_size": 1.0, "normalisation": "none",
                                           "min_component_voxels": 0}
@@ -47,12 +50,28 @@ def same_postprocessing(first: Mapping[str, Any], second: Mapping[str, Any]) -> 
     return {**DEFAULT_POSTPROCESSING, **first} == {**DEFAULT_POSTPROCESSING, **second}
 
 
-def smooth_map(anomaly_map: sitk.Image, foreground: sitk.Image, settings: Mapping[str, Any]) -> sitk.Image:
+def smooth_map(anomaly_map: sitk.Image, foreground: sitk.Image, settings: Mapping[str, Any],
+               device: Optional[torch.device] = None) -> sitk.Image:
     """Filter the map as ``settings`` say and zero it outside the foreground.
 
     ``smoothing_size`` is the median radius in voxels or the Gaussian sigma in millimetres.
+    ``device``: filter there in torch (the median is the same; the Gaussian is MONAI's truncated
+    kernel instead of SimpleITK's recursive one); None: SimpleITK on the CPU.
     """
     method, size = settings["smoothing"], float(settings["smoothing_size"])
+    if device is not None and ((method == "median" and size >= 1) or (method == "gaussian" and size > 0)):
+        import torch
+
+        from .preprocessing.torch_resampling import gaussian_smooth, median_smooth
+
+        values = torch.from_numpy(sitk.GetArrayFromImage(sitk.Cast(anomaly_map, sitk.sitkFloat32))).to(device)
+        if method == "median":
+            values = median_smooth(values, int(size))
+        else:
+            values = gaussian_smooth(values[None, None], [size] * 3, anomaly_map.GetSpacing())[0, 0]
+        smoothed = sitk.GetImageFromArray(values.cpu().numpy())
+        smoothed.CopyInformation(anomaly_map)
+        return sitk.Mask(smoothed, foreground)
     if method == "median" and size >= 1:
         anomaly_map = sitk.Median(anomaly_map, [int(size)] * 3)
     elif method == "gaussian" and size > 0:

@@ -13,12 +13,16 @@ Two kinds of model space:
   and the template's brain mask within the input's field of view is the foreground; maps and
   masks go back through the inverse transform onto the input grid. The registration's quality
   measures and warnings travel with the prepared volume into the detection report.
+
+The geometry (registration and resampling both ways) runs in SimpleITK on the CPU, or in torch on a
+``device`` (:mod:`.torch_registration`, :mod:`.torch_resampling`; the detector passes its CUDA
+device): the same method and the same grids, so only where it runs changes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -37,6 +41,9 @@ from .registration import (
 )
 from .slicing import SliceLayout, plan_layout, slices_to_volume, volume_to_slices
 from .template import card_template
+
+if TYPE_CHECKING:  # torch is imported where a device is used: the MRML layer loads this module without torch
+    import torch
 
 #: The card entries that define a model space: two cards that agree on these see the same slices.
 SPACE_KEYS = ("orientation", "foreground", "template", "intensity", "slice_axis", "size")
@@ -62,7 +69,8 @@ class PreparedVolume:
     """A volume in model space, with what is needed to go back to the input grid.
 
     ``canonical`` is the model-space image (the reoriented input, or the input resampled onto
-    the template grid when ``registration`` is set); ``foreground`` its mask as an array.
+    the template grid when ``registration`` is set); ``foreground`` its mask as an array;
+    ``device`` where the way back is resampled (None: SimpleITK on the CPU).
     """
 
     image: sitk.Image
@@ -74,6 +82,7 @@ class PreparedVolume:
     registration: Optional[RegistrationResult] = None
     space: Optional[Dict[str, Any]] = None
     name: str = "input"
+    device: Optional[torch.device] = None
 
     def fits(self, card: Mapping[str, Any]) -> bool:
         """Whether this volume was prepared for the model space of ``card`` (so it can be reused as is)."""
@@ -99,6 +108,13 @@ class PreparedVolume:
         """An image on ``canonical``'s grid brought onto the input's exact grid (nearest neighbour if ``label``)."""
         if self.registration is None:
             return to_input_grid(model_space_image, self.image)
+        if self.device is not None:
+            from .torch_resampling import affine_matrix, resample_image
+
+            back = np.linalg.inv(affine_matrix(self.registration.transform))
+            pixel_type = model_space_image.GetPixelID() if label else sitk.sitkFloat32
+            return resample_image(model_space_image, self.image, back, self.device, nearest=label,
+                                  pixel_type=pixel_type)
         interpolator = sitk.sitkNearestNeighbor if label else sitk.sitkLinear
         return resample_to_input(model_space_image, self.image, self.registration.transform, interpolator, 0.0)
 
@@ -113,13 +129,15 @@ def prepare_volume(
     name: str = "input",
     progress: Optional[Progress] = None,
     registration: Optional[RegistrationResult] = None,
+    device: Optional[torch.device] = None,
 ) -> PreparedVolume:
     """Validate ``image`` and bring it into the space of the model ``card`` describes.
 
     For a template model the input is registered first (``progress`` follows and may cancel
     it); a ``registration`` from an earlier call on the same image and template is reused
     instead, which is how a benchmark scores several models of one template without
-    registering twice.
+    registering twice. ``device``: run the registration and the resampling there in torch
+    (None: SimpleITK on the CPU); a registration found on either is reused on either.
     """
     validate_volume(image, name)
     progress = progress or Progress()
@@ -128,17 +146,30 @@ def prepare_volume(
         canonical = to_canonical(sitk.Cast(image, sitk.sitkFloat32), card["orientation"])
         foreground = sitk.GetArrayFromImage(foreground_mask(canonical, card["foreground"])).astype(bool)
     else:
-        if registration is None:
+        if registration is None and device is None:
             registration = register_to_template(image, template.image, template.brain,
                                                 progress=progress.as_callback(), cancel=progress.cancel)
+        elif registration is None:
+            from .torch_registration import register_to_template_torch
+
+            registration = register_to_template_torch(image, template.image, template.brain, device=device,
+                                                      progress=progress.as_callback(), cancel=progress.cancel)
         low = float(np.min(sitk.GetArrayViewFromImage(image)))
-        canonical = resample_to_template(sitk.Cast(image, sitk.sitkFloat32), template.image,
-                                         registration.transform, sitk.sitkLinear, low)
         # The template's brain where the input has data: a scan with part of the head cut off is
         # judged on what it shows, not on the fill value where it shows nothing (which would set the
         # intensity normalisation, the per-scan map normalisation and the sample score).
-        in_view = field_of_view_on_template(image, template.image, registration.transform)
-        foreground = sitk.GetArrayFromImage(template.brain).astype(bool) & (sitk.GetArrayViewFromImage(in_view) > 0)
+        if device is None:
+            canonical = resample_to_template(sitk.Cast(image, sitk.sitkFloat32), template.image,
+                                             registration.transform, sitk.sitkLinear, low)
+            in_view = sitk.GetArrayFromImage(  # a copy: the mask image is temporary
+                field_of_view_on_template(image, template.image, registration.transform)) > 0
+        else:
+            from .torch_resampling import affine_matrix, field_of_view_on_device, resample_image
+
+            to_input = affine_matrix(registration.transform)
+            canonical = resample_image(image, template.image, to_input, device, default=low)
+            in_view = field_of_view_on_device(image, template.image, to_input, device)
+        foreground = sitk.GetArrayFromImage(template.brain).astype(bool) & in_view
         if not foreground.any():
             raise InputError(f"{name}: none of the template's brain lies inside the scan's field of view after "
                              "registration; is it a brain scan with a valid geometry?")
@@ -151,7 +182,7 @@ def prepare_volume(
     slices = volume_to_slices(normalised, layout)
     slice_foreground = volume_to_slices(foreground.astype(np.float32), layout) > 0.5
     return PreparedVolume(image, canonical, foreground, slices, slice_foreground, layout, registration,
-                          model_space(card), name)
+                          model_space(card), name, device if template is not None else None)
 
 
 def to_input_grid_image(slice_maps: np.ndarray, prepared: PreparedVolume, restrict: bool = True) -> sitk.Image:

@@ -116,6 +116,19 @@ def score_slices(
     return combine(maps, checked["normalisation"], _calibrated_stats(model), reference)
 
 
+def as_batch(slices: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``slices`` as a float32 tensor on ``device`` in the standard (NCHW) memory layout, always.
+
+    Why: a stack's channel axis has size 1, so numpy may give it any stride, and torch reads a
+    stride of one element there as channels-last: the CPU convolutions then take another path and
+    score other last bits. The same slices unpickled on a cluster worker (standard strides) scored
+    up to 3e-7 apart from ``detect``'s, so every batch is copied into a fresh standard tensor.
+    """
+    batch = torch.empty(slices.shape, dtype=torch.float32, device=device)
+    batch.copy_(torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32)))
+    return batch
+
+
 def _run_batches(
     model: Model, slices: np.ndarray, score: str, params: Mapping[str, Any], batch_size: int, progress: Progress
 ) -> np.ndarray:
@@ -129,7 +142,7 @@ def _run_batches(
     for start in range(0, total, batch_size):
         progress.report(start / max(total, 1), f"{score}: slices {start + 1}-{min(start + batch_size, total)}"
                         f" of {total}")
-        batch = torch.from_numpy(np.ascontiguousarray(slices[start:start + batch_size])).to(device)
+        batch = as_batch(slices[start:start + batch_size], device)
         out[start:start + batch_size] = function(model.network, batch, **params).detach().cpu().numpy()
     progress.report(1.0, f"{score}: done")
     return out
