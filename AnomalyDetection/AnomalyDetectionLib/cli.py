@@ -353,8 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="spread the scans over Ray (pip install .[cluster]): auto (the running cluster), "
                     "ray://HOST:PORT, local or local:N (N CPUs here); actors load the model once, the outputs, "
                     "the summary and the resume rules are those of a run without it")
-    de.add_argument("--workers", type=int, help="Ray scoring actors to start (default: one per CPU, or per GPU "
-                    "with CUDA; more than the GPUs share them); reading and CPU registration run as tasks")
+    de.add_argument("--workers", type=int, help="Ray scoring actors to start (default: one per four CPUs, or one per "
+                    "GPU with CUDA; more than the GPUs share them); reading and CPU registration run as tasks")
     de.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     de.set_defaults(func=cmd_detect)
 

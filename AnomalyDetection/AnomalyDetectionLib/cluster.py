@@ -162,7 +162,7 @@ def run_on_ray(batch: Batch, cluster: str, workers: Optional[int] = None,
 
     Reading (and, with CPU actors, the registration) runs as Ray tasks, one CPU each; scoring runs
     on ``workers`` actors (default: one per GPU when the settings ask for CUDA, where the actor also
-    registers on its GPU, and more actors than GPUs share them; else one per CPU); a GPU actor
+    registers on its GPU, and more actors than GPUs share them; else one per four CPUs); a GPU actor
     scores the slices of up to :data:`SCANS_PER_CALL` ready scans in shared batches. ``cluster``: see
     :func:`parse_cluster`.
     The summary is written after every input, so a killed run resumes on a rerun. A scan that fails
@@ -191,14 +191,21 @@ def run_on_ray(batch: Batch, cluster: str, workers: Optional[int] = None,
     try:
         gpus = settings["device"] == "cuda" or (settings["device"] == "auto" and torch.cuda.is_available())
         resources = ray.cluster_resources()
-        count = workers or max(1, int(resources.get("GPU" if gpus else "CPU", 1)))
-        # More GPU actors than GPUs share them (--workers 4 on one GPU: four registrations in flight,
-        # each mostly waiting on kernel launches, fill the card's idle time).
-        share = min(1.0, float(resources.get("GPU", 1)) / count) if gpus else 0
+        cpus = max(1, int(resources.get("CPU", 1)))
+        if gpus:
+            count = workers or max(1, int(resources.get("GPU", 1)))
+            # More GPU actors than GPUs share them (--workers 4 on one GPU: four registrations in flight,
+            # each mostly waiting on kernel launches, fill the card's idle time).
+            share, actor_cpus = min(1.0, float(resources.get("GPU", 1)) / count), 0
+        else:
+            # A CPU scan is ~5 core-seconds of one-threaded registration (a task) to ~2 of scoring and
+            # post-processing (an actor): a quarter of the CPUs score, the rest register. An actor holds
+            # its CPU so the tasks do not pile onto it, unless that would leave the tasks none.
+            count = workers or max(1, cpus // 4)
+            share, actor_cpus = 0, (1 if count < cpus else 0)
         threads = torch.get_num_threads()
         model_path = str(Path(model.path).resolve())
-        # Actors hold no CPU of Ray's: the reading tasks get every CPU, the scoring overlaps them.
-        actor = ray.remote(num_gpus=share, num_cpus=0)(_Worker)
+        actor = ray.remote(num_gpus=share, num_cpus=actor_cpus)(_Worker)
         actors = [actor.remote(model_path, settings, threads) for _ in range(count)]
         read = ray.remote(num_cpus=1, num_returns=2, max_retries=0)(_read)
 
