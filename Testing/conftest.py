@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 from AnomalyDetectionLib import Model, train
-from AnomalyDetectionResearch.data import insert_blob, load_anatomy, random_normal_subject
+from AnomalyDetectionResearch.data import brain_mask, insert_blob, load_anatomy, random_normal_subject
 
 SPACING_MM = 3.0
 TINY = {"size": 64, "channels": (8, 16, 32, 32), "batch_size": 16, "learning_rate": 2e-3, "device": "cpu", "seed": 0}
@@ -23,6 +23,17 @@ TINY = {"size": 64, "channels": (8, 16, 32, 32), "batch_size": 16, "learning_rat
 @pytest.fixture(scope="session")
 def template() -> sitk.Image:
     return load_anatomy("mni152_t1", spacing_mm=SPACING_MM)
+
+
+@pytest.fixture(scope="session")
+def template_2mm() -> sitk.Image:
+    """The MNI152 T1 at 2 mm and its brain mask on the same grid: the registration tests' template."""
+    return load_anatomy("mni152_t1", spacing_mm=2.0)
+
+
+@pytest.fixture(scope="session")
+def mask_2mm(template_2mm) -> sitk.Image:
+    return sitk.Resample(brain_mask("mni152_t1"), template_2mm, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
 
 
 @pytest.fixture(scope="session")

@@ -24,19 +24,19 @@ from AnomalyDetectionLib.preprocessing.registration import (
     resample_to_template,
     template_brain_overlap,
 )
-from AnomalyDetectionResearch.data import available_anatomy, brain_mask, load_anatomy
+from AnomalyDetectionResearch.data import available_anatomy, load_anatomy
 
 TOLERANCE_MM = 2.0
 
 
 @pytest.fixture(scope="module")
-def template() -> sitk.Image:
-    return load_anatomy("mni152_t1", spacing_mm=2.0)
+def template(template_2mm) -> sitk.Image:
+    return template_2mm
 
 
 @pytest.fixture(scope="module")
-def template_mask(template) -> sitk.Image:
-    return sitk.Resample(brain_mask("mni152_t1"), template, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+def template_mask(mask_2mm) -> sitk.Image:
+    return mask_2mm
 
 
 def _centre(image: sitk.Image) -> Tuple[float, ...]:

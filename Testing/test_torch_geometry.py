@@ -18,14 +18,12 @@ from AnomalyDetectionLib.models import load_model
 from AnomalyDetectionLib.postprocessing import smooth_map
 from AnomalyDetectionLib.preprocessing import foreground_image, prepare_volume, to_input_grid_image
 from AnomalyDetectionLib.preprocessing.registration import register_to_template
-from AnomalyDetectionLib.preprocessing.torch_registration import register_to_template_torch
 from AnomalyDetectionLib.preprocessing.torch_resampling import (
     affine_matrix,
     field_of_view_on_device,
     median_smooth,
     resample_image,
 )
-from AnomalyDetectionResearch.data import brain_mask, load_anatomy
 from test_registration import brain_points, errors_mm, make_scan
 
 CPU = torch.device("cpu")
@@ -33,16 +31,6 @@ CPU = torch.device("cpu")
 #: How far the torch and SimpleITK registrations of one scan may map a template brain point apart.
 AGREEMENT_MEAN_MM = 1.0
 AGREEMENT_MAX_MM = 2.0
-
-
-@pytest.fixture(scope="module")
-def template_2mm() -> sitk.Image:
-    return load_anatomy("mni152_t1", spacing_mm=2.0)
-
-
-@pytest.fixture(scope="module")
-def mask_2mm(template_2mm) -> sitk.Image:
-    return sitk.Resample(brain_mask("mni152_t1"), template_2mm, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +49,7 @@ def affine_case(template_2mm):
 @pytest.fixture(scope="module")
 def both(affine_case, template_2mm, mask_2mm):
     scan, _ = affine_case
-    return (register_to_template_torch(scan, template_2mm, mask_2mm, device=CPU),
+    return (register_to_template(scan, template_2mm, mask_2mm, device=CPU),
             register_to_template(scan, template_2mm, mask_2mm))
 
 
@@ -94,7 +82,7 @@ def test_a_noise_volume_is_flagged_as_on_simpleitk(template_2mm, mask_2mm):
     noise.SetSpacing((3.0, 3.0, 3.0))
     noise.SetOrigin(template_2mm.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in template_2mm.GetSize()]))
     noise.SetOrigin([o - 90.0 for o in noise.GetOrigin()])
-    result = register_to_template_torch(noise, template_2mm, mask_2mm, device=CPU, shrink_factors=(4,),
+    result = register_to_template(noise, template_2mm, mask_2mm, device=CPU, shrink_factors=(4,),
                                         smoothing_sigmas=(2,))
     assert any("registration probably failed" in w for w in result.warnings), result.warnings
 
@@ -106,7 +94,7 @@ def test_cancel_stops_the_torch_registration(affine_case, template_2mm, mask_2mm
         return len(seen) > 3
 
     with pytest.raises(Cancelled):
-        register_to_template_torch(affine_case[0], template_2mm, mask_2mm, device=CPU,
+        register_to_template(affine_case[0], template_2mm, mask_2mm, device=CPU,
                                    progress=lambda fraction, message: seen.append(message), cancel=cancel)
     assert any("rigid" in message for message in seen)
 

@@ -199,10 +199,11 @@ def run_on_ray(batch: Batch, cluster: str, workers: Optional[int] = None,
             share, actor_cpus = min(1.0, float(resources.get("GPU", 1)) / count), 0
         else:
             # A CPU scan is ~5 core-seconds of one-threaded registration (a task) to ~2 of scoring and
-            # post-processing (an actor): a quarter of the CPUs score, the rest register. An actor holds
-            # its CPU so the tasks do not pile onto it, unless that would leave the tasks none.
+            # post-processing (an actor): a quarter of the CPUs score, the rest register. On 8 CPUs or
+            # more an actor holds its CPU so the tasks do not pile onto it; on fewer, a held CPU would
+            # idle most of the time (2 cores: one registration at a time, no faster than no Ray).
             count = workers or max(1, cpus // 4)
-            share, actor_cpus = 0, (1 if count < cpus else 0)
+            share, actor_cpus = 0, (1 if cpus >= 8 and count < cpus else 0)
         threads = torch.get_num_threads()
         model_path = str(Path(model.path).resolve())
         actor = ray.remote(num_gpus=share, num_cpus=actor_cpus)(_Worker)

@@ -146,14 +146,9 @@ def prepare_volume(
         canonical = to_canonical(sitk.Cast(image, sitk.sitkFloat32), card["orientation"])
         foreground = sitk.GetArrayFromImage(foreground_mask(canonical, card["foreground"])).astype(bool)
     else:
-        if registration is None and device is None:
-            registration = register_to_template(image, template.image, template.brain,
+        if registration is None:
+            registration = register_to_template(image, template.image, template.brain, device=device,
                                                 progress=progress.as_callback(), cancel=progress.cancel)
-        elif registration is None:
-            from .torch_registration import register_to_template_torch
-
-            registration = register_to_template_torch(image, template.image, template.brain, device=device,
-                                                      progress=progress.as_callback(), cancel=progress.cancel)
         low = float(np.min(sitk.GetArrayViewFromImage(image)))
         # The template's brain where the input has data: a scan with part of the head cut off is
         # judged on what it shows, not on the fill value where it shows nothing (which would set the

@@ -35,7 +35,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -44,6 +44,9 @@ from ..errors import Cancelled, InputError
 from ..progress import CancelCheck, Progress, ProgressCallback
 from .intensity import foreground_mask
 from .io import validate_volume
+
+if TYPE_CHECKING:  # torch only where a device is given: the MRML layer loads this module without it
+    import torch
 
 #: Isotropic spacing (mm) of the copies that are registered; axes already coarser are kept.
 WORKING_SPACING_MM = 2.0
@@ -362,6 +365,7 @@ def register_to_template(
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelCheck] = None,
     working_spacing_mm: float = WORKING_SPACING_MM,
+    device: Optional[torch.device] = None,
 ) -> RegistrationResult:
     """Affine transform from ``template`` (fixed) to ``image`` (moving) space by mutual information.
 
@@ -382,10 +386,32 @@ def register_to_template(
     The result carries the transform, the final metric, the brain overlap and the warnings of
     :func:`check_registration`; a bad registration is reported, not raised, so the caller can
     still show its map with a warning. :class:`InputError` is raised for unusable inputs.
+
+    ``device``: run it there in torch (:mod:`.torch_registration`, the same method; how the
+    detector registers on a GPU); None: SimpleITK on the CPU.
     """
+    check_arguments(image, template, shrink_factors, smoothing_sigmas, sampling_percentage, seed)
+    if device is not None:
+        from .torch_registration import register_on_device
+
+        return register_on_device(image, template, template_mask, device, shrink_factors, smoothing_sigmas,
+                                  sampling_percentage, seed, Progress(progress, cancel), working_spacing_mm)
     with _one_itk_thread():
         return _register(image, template, template_mask, shrink_factors, smoothing_sigmas, sampling_percentage,
                          seed, progress, cancel, working_spacing_mm)
+
+
+def check_arguments(image: sitk.Image, template: sitk.Image, shrink_factors: Sequence[int],
+                    smoothing_sigmas: Sequence[float], sampling_percentage: float, seed: int) -> None:
+    """The inputs and settings of a registration, checked before any work (on either device)."""
+    validate_volume(image, "input")
+    validate_volume(template, "template")
+    if len(shrink_factors) != len(smoothing_sigmas) or not shrink_factors:
+        raise ValueError("shrink_factors and smoothing_sigmas need the same, non-zero number of levels")
+    if not 0.0 < sampling_percentage <= 1.0:
+        raise ValueError(f"sampling_percentage must be in (0, 1], got {sampling_percentage}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
 
 
 @contextlib.contextmanager
@@ -407,12 +433,6 @@ def _one_itk_thread() -> Iterator[None]:
 
 def _register(image, template, template_mask, shrink_factors, smoothing_sigmas, sampling_percentage, seed,
               progress, cancel, working_spacing_mm) -> RegistrationResult:
-    validate_volume(image, "input")
-    validate_volume(template, "template")
-    if len(shrink_factors) != len(smoothing_sigmas) or not shrink_factors:
-        raise ValueError("shrink_factors and smoothing_sigmas need the same, non-zero number of levels")
-    if not 0.0 < sampling_percentage <= 1.0:
-        raise ValueError(f"sampling_percentage must be in (0, 1], got {sampling_percentage}")
     steps = Progress(progress, cancel)
     started = time.perf_counter()
 

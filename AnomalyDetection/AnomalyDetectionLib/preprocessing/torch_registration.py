@@ -40,16 +40,14 @@ import torch.nn.functional as F
 from monai.losses import GlobalMutualInformationLoss
 
 from ..errors import InputError
-from ..progress import CancelCheck, Progress, ProgressCallback
+from ..progress import Progress
 from .intensity import foreground_mask
-from .io import validate_volume
 from .registration import (
     AFFINE_START_SCALES,
     HISTOGRAM_BINS,
     INITIAL_ROTATIONS,
     MASK_MARGIN_MM,
     START_MARGIN,
-    WORKING_SPACING_MM,
     RegistrationResult,
     check_registration,
     template_brain_overlap,
@@ -100,36 +98,15 @@ class _SampledIntensity(torch.autograd.Function):
         return grad_values[:, None] * gradient, None
 
 
-def register_to_template_torch(
-    image: sitk.Image,
-    template: sitk.Image,
-    template_mask: Optional[sitk.Image] = None,
-    *,
-    device: torch.device,
-    shrink_factors: Sequence[int] = (4, 2, 1),
-    smoothing_sigmas: Sequence[float] = (2, 1, 0),
-    sampling_percentage: float = 0.1,
-    seed: int = 0,
-    progress: Optional[ProgressCallback] = None,
-    cancel: Optional[CancelCheck] = None,
-    working_spacing_mm: float = WORKING_SPACING_MM,
-) -> RegistrationResult:
-    """Affine transform from ``template`` (fixed) to ``image`` (moving) space, computed on ``device``.
-
-    Arguments and result as :func:`~.registration.register_to_template`; the same seed gives the
-    same samples on every device.
-    """
-    validate_volume(image, "input")
-    validate_volume(template, "template")
-    if len(shrink_factors) != len(smoothing_sigmas) or not shrink_factors:
-        raise ValueError("shrink_factors and smoothing_sigmas need the same, non-zero number of levels")
+def register_on_device(image: sitk.Image, template: sitk.Image, template_mask: Optional[sitk.Image],
+                       device: torch.device, shrink_factors: Sequence[int], smoothing_sigmas: Sequence[float],
+                       sampling_percentage: float, seed: int, steps: Progress,
+                       working_spacing_mm: float) -> RegistrationResult:
+    """:func:`~.registration.register_to_template` with a ``device`` (which checked the arguments):
+    the same method and result, computed in torch there; the same seed gives the same samples on
+    every device."""
     if len(shrink_factors) > len(ITERATIONS_PER_LEVEL):
         raise ValueError(f"at most {len(ITERATIONS_PER_LEVEL)} resolution levels")
-    if not 0.0 < sampling_percentage <= 1.0:
-        raise ValueError(f"sampling_percentage must be in (0, 1], got {sampling_percentage}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    steps = Progress(progress, cancel)
     started = time.perf_counter()
     steps.report(0.0, "registration: preparing")
     with torch.no_grad():
