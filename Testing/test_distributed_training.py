@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Dict, List
 
@@ -33,20 +34,16 @@ CLI_SETTINGS = ["--size", "32", "--channels", "8,16", "--latent", "8", "--epochs
                 "--lr", "2e-3", "--device", "cpu", "--seed", "0", "--quiet"]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _rank_main(rank: int, world_size: int, port: int, volumes: List[str], output: str, report: str) -> None:
+def _rank_main(rank: int, world_size: int, ports: List[int], volumes: List[str], output: str, report: str) -> None:
     """One process of the run: torchrun's environment, then the plain ``train`` call, twice (spawned: module level).
 
     Rank 0 keeps a copy of the checkpoint after the first epoch (for the resume test); each rank
-    saves the weights and the card that each ``train`` returned.
+    saves the weights and the card that each ``train`` returned. Each run rendezvouses on its own
+    port: on the same port, a rank that leaves the first group early can reach rank 0's old store
+    before rank 0 has closed it, read the first run's addresses and wait on them for half an hour.
     """
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1")
     torch.set_num_threads(1)  # as torchrun does (OMP_NUM_THREADS=1): two processes on two cores
     kept = Path(report, "epoch1.ckpt")
 
@@ -54,15 +51,36 @@ def _rank_main(rank: int, world_size: int, port: int, volumes: List[str], output
         if rank == 0 and message.startswith("epoch 2/") and not kept.exists():
             shutil.copyfile(checkpoint_path(output), kept)
 
-    for run in ("first", "again"):  # the second run, without output, shows the same seed gives the same model
+    for run, port in zip(("first", "again"), ports):  # the second run, without output: same seed, same model
+        os.environ["MASTER_PORT"] = str(port)
         model = train(volumes, output if run == "first" else None, distributed=True, progress=keep_first_checkpoint,
                       **SETTINGS)
         torch.save({"state": model.network.state_dict(), "card": model.card}, Path(report, f"{run}{rank}.pt"))
 
 
-def spawn_two(volumes: List[str], output: Path, report: Path) -> None:
+def free_ports(count: int) -> List[int]:
+    """``count`` distinct free ports (held open together while they are picked, so none repeats)."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
+def spawn_two(volumes: List[str], output: Path, report: Path, limit_s: float = 600) -> None:
+    """Both ranks' runs; a hang fails the test after ``limit_s`` instead of Gloo's 30-minute timeout."""
     report.mkdir(parents=True, exist_ok=True)
-    mp.spawn(_rank_main, args=(2, free_port(), volumes, str(output), str(report)), nprocs=2, join=True)
+    context = mp.start_processes(_rank_main, args=(2, free_ports(2), volumes, str(output), str(report)),
+                                 nprocs=2, join=False, start_method="spawn")
+    deadline = time.monotonic() + limit_s
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"the two training processes did not finish within {limit_s:.0f} s")
 
 
 def weights_of(state: Dict[str, torch.Tensor]) -> List[torch.Tensor]:
@@ -161,7 +179,7 @@ def test_torchrun_runs_the_command_line_and_resumes_a_one_process_run_on_two(vol
     assert checkpoint_path(output).exists()
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARIABLES}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-               "--master-port", str(free_port()), "-m", "AnomalyDetectionLib.cli", "train", *volume_files,
+               "--master-port", str(free_ports(1)[0]), "-m", "AnomalyDetectionLib.cli", "train", *volume_files,
                "-o", str(output), "--resume", "--distributed", *CLI_SETTINGS]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
