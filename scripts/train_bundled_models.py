@@ -72,6 +72,8 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--vae-latent", type=int, default=128)
+    parser.add_argument("--vae-beta", type=float, default=1.0,
+                        help="weight of the VAE's KL term; below 1 a sharper posterior (Zhou et al. 2020's beta-VAE)")
     parser.add_argument("--channels", type=int, nargs="+", default=list(COMMON["channels"]),
                         help="encoder channels per level (the decoder mirrors them); smaller trains faster on a CPU")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -129,7 +131,7 @@ def main(argv: List[str]) -> int:
                   description=DESCRIPTION.format(n=len(train_set)) + synthetic_note(args.synthetic_fraction))
     recipes: Dict[str, Dict[str, Any]] = {}
     if "vae" in args.models:
-        recipes[MODEL_NAMES["vae"]] = {"arch": "vae", "latent_dim": args.vae_latent, "beta": 1.0}
+        recipes[MODEL_NAMES["vae"]] = {"arch": "vae", "latent_dim": args.vae_latent, "beta": args.vae_beta}
     if "ae" in args.models:
         slices = np.concatenate([p.slices[p.foreground_fraction() >= space["min_foreground_fraction"]]
                                  for p in train_set])
