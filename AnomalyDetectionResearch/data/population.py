@@ -17,6 +17,9 @@ voxel sizes:
   skull (only MNI152 where Debian's ``mricron-data`` is not installed; the population then differs
   between machines, which :func:`available_anatomy` reveals); with a ``synthetic_fraction``, that
   share of the training subjects are synthetic individuals instead (:mod:`.synthetic`), evenly spread;
+  with ``extra_anatomy``, the cycle goes on over the extra training heads fetched at setup
+  (:data:`~.held_out.TRAINING`: FreeSurfer's group averages, with skull every other cycle, skull-stripped
+  with their own masks in between) after the templates;
 * orientation: index mod 5 over :data:`ORIENTATIONS`;
 * voxel size: over :data:`SPACINGS` with period 5 too, but shifted by one every five subjects, so
   every 25 consecutive subjects hold all 25 orientation / voxel-size pairs.
@@ -38,7 +41,16 @@ from AnomalyDetectionLib.preprocessing.anatomy import available_anatomy, brain_m
 
 from .cases import SPLITS, BenchmarkCase, CaseSpec, Subject, SubjectSpec
 from .clinical import CLINICAL_ORIENTATION, CLINICAL_SPACING, cut_coverage, enhance
-from .held_out import HELD_OUT, VALIDATION, available_held_out, available_validation, held_out_dir, load_held_out
+from .held_out import (
+    HELD_OUT,
+    TRAINING,
+    VALIDATION,
+    available_held_out,
+    available_training,
+    available_validation,
+    held_out_dir,
+    load_held_out,
+)
 from .lesions import insert_lesion, random_normal_subject
 from .synthetic import SYNTHETIC_ANATOMY, synthetic_individual
 
@@ -94,14 +106,28 @@ def population_anatomy() -> Tuple[str, ...]:
     return ("mni152_t1",)
 
 
-def population(split: str, n: int, synthetic_fraction: float = 0.0) -> List[SubjectSpec]:
+def training_anatomy(extra_anatomy: bool = False) -> Tuple[str, ...]:
+    """The anatomy training subjects cycle through: :func:`population_anatomy`, then, with
+    ``extra_anatomy``, the extra training heads present on this machine (:func:`available_training`).
+
+    The extra heads come after the templates, so the cycle without them is where it always was."""
+    if not extra_anatomy:
+        return population_anatomy()
+    return population_anatomy() + available_training()
+
+
+def population(split: str, n: int, synthetic_fraction: float = 0.0, extra_anatomy: bool = False) -> List[SubjectSpec]:
     """The first ``n`` subjects of ``split``: seeds start + 0 ... start + n - 1, variety cycled by index.
 
     Deterministic (on a given machine, see :func:`population_anatomy`): the first ``n`` are always
     the same, and asking for more only appends subjects. With ``synthetic_fraction`` f > 0 (train
     and calibration splits only), subject i is a synthetic individual (:mod:`.synthetic`) where
     floor((i + 1) f) > floor(i f), evenly spread, and the other subjects cycle over the templates
-    as before; orientation and voxel size still cycle by i.
+    as before; orientation and voxel size still cycle by i. With ``extra_anatomy`` (train and
+    calibration splits only) the template subjects cycle over the templates and then the extra
+    training heads on this machine (:func:`training_anatomy`), with skull every other cycle; seeds,
+    orientations and voxel sizes stay those of the plain population. Without it the population is
+    the one the bundled models were trained on, subject for subject.
     """
     if not 0.0 <= synthetic_fraction <= 1.0:
         raise ValueError(f"synthetic_fraction must lie in [0, 1], not {synthetic_fraction}")
@@ -113,22 +139,30 @@ def population(split: str, n: int, synthetic_fraction: float = 0.0) -> List[Subj
     if split in ("held_out", "validation", "clinical"):
         if synthetic_fraction:
             raise ValueError(f"the {split} split is real anatomy only; synthetic individuals are for training")
+        if extra_anatomy:
+            raise ValueError(f"the {split} split is its own anatomy; extra training anatomy is for training")
         return _head_population(split, seeds, n)
-    anatomy = population_anatomy()
+    if extra_anatomy and split not in ("train", "calibration"):
+        raise ValueError(f"extra training anatomy is for the train and calibration splits, not {split!r}")
+    anatomy = training_anatomy(extra_anatomy)
     specs = []
     templates_so_far = 0
     for i in range(n):
         if math.floor((i + 1) * synthetic_fraction) > math.floor(i * synthetic_fraction):
-            name = SYNTHETIC_ANATOMY
+            name, skull = SYNTHETIC_ANATOMY, False
         else:
             name = anatomy[templates_so_far % len(anatomy)]
+            if name in TRAINING:  # every other cycle: heads with a skull stay near the templates' third
+                skull = (templates_so_far // len(anatomy)) % 2 == 0
+            else:
+                skull = name in _TEMPLATES and _TEMPLATES[name].with_skull == name
             templates_so_far += 1
         specs.append(
             SubjectSpec(
                 split=split,
                 seed=seeds[i],
                 anatomy=name,
-                skull=name in _TEMPLATES and _TEMPLATES[name].with_skull == name,
+                skull=skull,
                 orientation=ORIENTATIONS[i % len(ORIENTATIONS)],
                 spacing=SPACINGS[(i + i // len(ORIENTATIONS)) % len(SPACINGS)],
             )
@@ -212,11 +246,15 @@ def _generate(spec: SubjectSpec, lesion: Optional[str], lesion_seed: int) -> Tup
     return native_image, native_brain, native_truth
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=8)
 def _template_cached(anatomy: str, skull: bool) -> Tuple[sitk.Image, sitk.Image]:
-    # Cached because a population generates many subjects from the same three templates, and the
-    # MNI brain mask is itself built from two further files; callers get copies.
-    if anatomy in HELD_OUT or anatomy in VALIDATION:  # anatomy no shipped model was trained on; with skull
+    # Cached because a population generates many subjects from the same three templates (six with
+    # the extra training heads: a cycle longer than the cache would read every file every time), and
+    # the MNI brain mask is itself built from two further files; callers get copies.
+    if anatomy in TRAINING and not skull:  # an extra training head, skull-stripped with its own mask
+        image, brain = load_held_out(anatomy)
+        return sitk.Mask(image, brain), brain
+    if anatomy in HELD_OUT or anatomy in VALIDATION or anatomy in TRAINING:  # fetched at setup; with skull
         return load_held_out(anatomy)
     if anatomy not in _TEMPLATES:
         raise ValueError(f"no population template {anatomy!r}; choose one of {', '.join(_TEMPLATES)}")
