@@ -83,7 +83,7 @@ def test_a_noise_volume_is_flagged_as_on_simpleitk(template_2mm, mask_2mm):
     noise.SetOrigin(template_2mm.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in template_2mm.GetSize()]))
     noise.SetOrigin([o - 90.0 for o in noise.GetOrigin()])
     result = register_to_template(noise, template_2mm, mask_2mm, device=CPU, shrink_factors=(4,),
-                                        smoothing_sigmas=(2,))
+                                  smoothing_sigmas=(2,))
     assert any("registration probably failed" in w for w in result.warnings), result.warnings
 
 
@@ -95,7 +95,7 @@ def test_cancel_stops_the_torch_registration(affine_case, template_2mm, mask_2mm
 
     with pytest.raises(Cancelled):
         register_to_template(affine_case[0], template_2mm, mask_2mm, device=CPU,
-                                   progress=lambda fraction, message: seen.append(message), cancel=cancel)
+                             progress=lambda fraction, message: seen.append(message), cancel=cancel)
     assert any("rigid" in message for message in seen)
 
 

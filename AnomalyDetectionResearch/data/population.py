@@ -136,14 +136,12 @@ def population(split: str, n: int, synthetic_fraction: float = 0.0, extra_anatom
     seeds = SPLIT_SEEDS[split]
     if not 0 <= n <= len(seeds):
         raise ValueError(f"split {split!r} holds 0 to {len(seeds)} subjects, not {n}")
+    if extra_anatomy and split not in ("train", "calibration"):
+        raise ValueError(f"extra training anatomy is for the train and calibration splits, not {split!r}")
     if split in ("held_out", "validation", "clinical"):
         if synthetic_fraction:
             raise ValueError(f"the {split} split is real anatomy only; synthetic individuals are for training")
-        if extra_anatomy:
-            raise ValueError(f"the {split} split is its own anatomy; extra training anatomy is for training")
         return _head_population(split, seeds, n)
-    if extra_anatomy and split not in ("train", "calibration"):
-        raise ValueError(f"extra training anatomy is for the train and calibration splits, not {split!r}")
     anatomy = training_anatomy(extra_anatomy)
     specs = []
     templates_so_far = 0
