@@ -92,6 +92,23 @@ def test_the_ae_latent_size_comes_from_the_documented_rule() -> None:
     assert rule["explained"] >= 0.9
 
 
+@pytest.mark.skipif(not {"mni152_t1", "colin27_ch2"} <= set(available_anatomy()), reason="needs the offline templates")
+def test_the_recipe_runs_end_to_end_and_leaves_only_the_bundled_files(tmp_path) -> None:
+    """``make models`` in miniature (a few subjects, one epoch, a narrow 2.5D AE): the one recipe writes the
+    fp16 model and its card, the card says how it was made, and nothing of training is left beside them."""
+    script = runpy.run_path(str(ROOT / "scripts" / "train_bundled_models.py"), run_name="recipe")
+    argv = ["--quick", "--models", "ae", "--channels", "8", "16", "--workers", "0", "--device", "cpu",
+            "--context-slices", "1", "--output-dir", str(tmp_path)]
+    assert script["main"](argv) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["brain_t1_ae.card.json", "brain_t1_ae.pt"]
+    model = load_model(tmp_path / "brain_t1_ae.pt")
+    assert model.context_slices == 1 and model.card["channels"] == [8, 16]
+    assert model.card["default_score"] == RECIPE_DEFAULTS["brain_t1_ae"]
+    assert model.card["training"]["recipe"] == "scripts/train_bundled_models.py " + " ".join(argv)
+    assert set(model.thresholds) == set(scores_for(model))
+    assert json.loads((tmp_path / "brain_t1_ae.card.json").read_text()) == model.card
+
+
 def test_default_model_on_the_sample_puts_its_map_on_the_input_grid(sample_result) -> None:
     scan = read_volume(SAMPLE)
     for image in (sample_result.anomaly_map, sample_result.mask):

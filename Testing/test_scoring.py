@@ -118,6 +118,9 @@ class _Blur(torch.nn.Module):
 
     is_variational = False
 
+    def center(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.avg_pool2d(x, 5, stride=1, padding=2, count_include_pad=False)
 

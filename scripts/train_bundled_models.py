@@ -91,8 +91,14 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
                         help="training subjects cycle over FreeSurfer's group averages too (fsaverage, WashU 711-2C "
                              "and 3T 18-year-olds; data.held_out.TRAINING, fetched by 'make setup'); calibration "
                              "stays on the templates")
+    parser.add_argument("--context-slices", type=int, default=0, metavar="K",
+                        help="2.5D: each slice's K neighbours on either side as extra input channels (the "
+                             "context lever; 0, slice-wise, is the bundled recipe)")
     parser.add_argument("--map-normalisation", choices=MAP_NORMALISATIONS, default="scan",
                         help="per-scan normalisation of the maps, written into the cards' post-processing")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue each model from its checkpoint in --output-dir (written after every epoch; "
+                             "run with the same arguments), so a long CPU run can stop and go on another day")
     parser.add_argument("--quick", action="store_true", help="a few subjects and epochs: checks the recipe runs")
     parser.add_argument("--recalibrate", action="store_true",
                         help="keep the models in --output-dir, recalibrate their thresholds on the calibration split")
@@ -107,7 +113,7 @@ def main(argv: List[str]) -> int:
         args.train_subjects, args.calibration_subjects, args.epochs = 4, 2, 1
     device = resolve_device(args.device)
     started = time.perf_counter()
-    recipe_common = dict(COMMON, channels=tuple(args.channels))
+    recipe_common = dict(COMMON, channels=tuple(args.channels), context_slices=args.context_slices)
     space = make_card(template=template_entry(), **recipe_common)
     workers = args.workers if args.workers > 1 else 0
 
@@ -154,8 +160,9 @@ def main(argv: List[str]) -> int:
     for name, recipe in recipes.items():
         rule = recipe.pop("latent_rule", None)
         bar = TqdmProgress(name)
+        unfinished = in_training_path(args.output_dir, name)
         try:
-            model = train(train_set, None, name=name, progress=bar, **recipe, **common)
+            model = train(train_set, unfinished, name=name, progress=bar, resume=args.resume, **recipe, **common)
         finally:
             bar.close()
         if rule is not None:
@@ -164,6 +171,7 @@ def main(argv: List[str]) -> int:
         model.card["training"]["extra_anatomy"] = extra
         model.card["training"]["recipe"] = "scripts/train_bundled_models.py " + " ".join(argv)
         path = write_bundled(model, args.output_dir / f"{name}.pt")
+        unfinished.unlink()
         training = model.card["training"]
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {training['train_slices']} slices, "
               f"{training['epochs']} epochs in {training['duration_s']} s on {training['device']}, "
@@ -187,6 +195,16 @@ def extra_anatomy_note(heads: List[str]) -> str:
         return ""
     return (f" Subjects cycle over {len(heads)} more heads too, FreeSurfer's group averages "
             f"(data.held_out.TRAINING: {', '.join(heads)}; FreeSurfer Software License Agreement).")
+
+
+def in_training_path(output_dir: Path, name: str) -> Path:
+    """Where ``train`` writes a model of this recipe before :func:`write_bundled` makes it the bundled file.
+
+    Why not the bundled path itself: its checkpoint (``<this>.ckpt``, after every epoch) lives beside it
+    while training runs, and a run that stops leaves the shipped model as it was; ``--resume`` goes on
+    from the checkpoint. A different recipe refuses the checkpoint (``training.trainer``).
+    """
+    return output_dir / f".{name}.in-training.pt"
 
 
 def write_bundled(model: Any, path: Path) -> Path:

@@ -71,8 +71,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 
             card = load_model_file(path).card
         print(f"{card['name']}  ({path})")
+        context = int(card.get("context_slices", 0))
         print(f"  {card['arch']}  latent {card['latent_dim']}  beta {card['beta']}  input {card['size']}x"
-              f"{card['size']} {card['slice_axis']} slices, {card['orientation']}, foreground {card['foreground']}")
+              f"{card['size']} {card['slice_axis']} slices" + (f" +-{context} context" if context else "")
+              + f", {card['orientation']}, foreground {card['foreground']}")
         print(f"  default score {card['default_score']}; calibrated thresholds: "
               + (", ".join(f"{k} {v:.4g}" for k, v in calibrated_thresholds(card).items()) or "none"))
         if card.get("description"):
@@ -99,7 +101,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         model = train(
             volumes, args.output, arch=args.arch, size=args.size, latent_dim=args.latent, beta=args.beta,
-            channels=args.channels, norm=args.norm, slice_axis=args.slice_axis, foreground=args.foreground,
+            channels=args.channels, norm=args.norm, slice_axis=args.slice_axis, context_slices=args.context_slices,
+            foreground=args.foreground,
             template=template_entry(args.template, args.template_spacing) if args.template else None,
             epochs=args.epochs,
             batch_size=args.batch_size, learning_rate=args.lr, val_fraction=args.val_fraction, seed=args.seed,
@@ -290,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--channels", type=_channels, default=[32, 64, 128, 128], help="encoder channels, e.g. 32,64,128")
     tr.add_argument("--norm", choices=("instance", "batch"), default="instance", help="normalisation layers")
     tr.add_argument("--slice-axis", choices=SLICE_AXES, default="axial")
+    tr.add_argument("--context-slices", type=int, default=0, metavar="K",
+                    help="2.5D: give the network each slice's K neighbours on either side as extra channels")
     tr.add_argument("--foreground", choices=("otsu", "nonzero"), default="otsu")
     tr.add_argument("--template", choices=SUPPORTED_TEMPLATES, default=None,
                     help="train in this template's space: every volume is registered to it (as detect will)")

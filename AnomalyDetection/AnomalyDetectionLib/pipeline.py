@@ -229,8 +229,8 @@ class Detector:
             reuse = {name: values[occupied] for name, values in (member_maps or {}).items()}
 
             def score_at(batch_size: int) -> np.ndarray:
-                return score_slices(self.model, prepared.slices[occupied], settings.score,
-                                    dict(settings.score_params), batch_size,
+                return score_slices(self.model, prepared.network_input(occupied, self.model.context_slices),
+                                    settings.score, dict(settings.score_params), batch_size,
                                     prepared.slice_foreground[occupied], progress, reuse)
 
             try:
@@ -360,7 +360,9 @@ class Detector:
         members = (check_score(self.model, settings.score, dict(settings.score_params))["member_params"]
                    if settings.score == "ensemble" else {settings.score: dict(settings.score_params)})
         occupied = [prepared.foreground_fraction() > 0 for prepared in volumes]
-        stack = np.concatenate([prepared.slices[chosen] for prepared, chosen in zip(volumes, occupied)])
+        # each scan's context slices come from that scan alone, before the stacks are shared out
+        context = self.model.context_slices
+        stack = np.concatenate([prepared.network_input(chosen, context) for prepared, chosen in zip(volumes, occupied)])
         bounds = np.cumsum([0] + [int(chosen.sum()) for chosen in occupied])
         home = self.model.device
         shared: Dict[str, np.ndarray] = {}
@@ -369,7 +371,7 @@ class Detector:
             for member, params in members.items():
                 shared[member], run = with_memory_fallback(
                     lambda size, m=member, p=params: score_slices(self.model, stack, m, p, size) if len(stack)
-                    else np.zeros(stack.shape, np.float32), settings.batch_size, home, self.model.to,
+                    else np.zeros((0, 1, *stack.shape[2:]), np.float32), settings.batch_size, home, self.model.to,
                     f"'{member}' score")
                 runs.append(run)
         finally:
@@ -455,7 +457,7 @@ class Detector:
                         f"{min(start + batch_size, len(occupied))} of {len(occupied)}")
             chosen = occupied[start:start + batch_size]
             with torch.no_grad():
-                batch = as_batch(prepared.slices[chosen], self.model.device)
+                batch = as_batch(prepared.network_input(chosen, self.model.context_slices), self.model.device)
                 decoded[chosen] = network.reconstruct(batch).cpu().numpy()
         steps.report(1.0, "reconstruction: done")
         return to_input_grid_image(decoded, prepared)

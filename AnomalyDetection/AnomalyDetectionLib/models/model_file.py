@@ -52,6 +52,9 @@ _REQUIRED = {
 }
 
 
+#: Most neighbours on either side a card may ask for as context (a 1.5 mm slice's +-12 mm).
+MAX_CONTEXT_SLICES = 8
+
 #: Where the upper intensity percentile of a new model's inputs lands in [0, 1]; the rest is headroom
 #: so that lesions brighter than any normal tissue stay brighter than it (cards without the key: 1.0).
 DEFAULT_UPPER_VALUE = 0.8
@@ -74,6 +77,7 @@ def make_card(
     description: str = "",
     template: Optional[Mapping[str, Any]] = None,
     gradient_sigma_px: Optional[float] = None,
+    context_slices: int = 0,
 ) -> Dict[str, Any]:
     """A new model card with the engine's defaults; :func:`validate_card` checks it.
 
@@ -83,7 +87,9 @@ def make_card(
     of the foreground map to 0 and ``intensity_upper_value`` (see
     :func:`~AnomalyDetectionLib.preprocessing.intensity.normalise_intensity`). ``gradient_sigma_px``
     smooths the gradient scores (see :mod:`~AnomalyDetectionLib.scoring.slice_scores`); by default
-    Zimmerer et al.'s 3 px at 64-px slices, scaled with the slice size.
+    Zimmerer et al.'s 3 px at 64-px slices, scaled with the slice size. ``context_slices``
+    neighbours on either side of each slice are the network's extra input channels (2.5D; see
+    :mod:`~AnomalyDetectionLib.models.networks`); cards without the key mean 0.
     """
     card = {
         "name": name,
@@ -95,6 +101,7 @@ def make_card(
         "norm": norm,
         "size": int(size),
         "slice_axis": slice_axis,
+        "context_slices": int(context_slices),
         "orientation": orientation,
         "foreground": "template" if template is not None else foreground,
         "template": dict(template) if template is not None else None,
@@ -134,6 +141,9 @@ def validate_card(card: Any, source: str = "model card") -> None:
         (card["intensity"].get("method") == "percentile", "intensity normalisation is not 'percentile'"),
         (float(card.get("gradient_sigma_px") or 0.0) >= 0.0,
          f"gradient smoothing {card.get('gradient_sigma_px')} px is negative"),
+        (isinstance(card.get("context_slices", 0), int) and not isinstance(card.get("context_slices", 0), bool)
+         and 0 <= card.get("context_slices", 0) <= MAX_CONTEXT_SLICES,
+         f"context slices {card.get('context_slices')!r} is not a whole number from 0 to {MAX_CONTEXT_SLICES}"),
         (0.0 < float(card["intensity"].get("upper_value", 1.0)) <= 1.0,
          f"intensity upper_value {card['intensity'].get('upper_value')} is not in (0, 1]"),
     ]
@@ -164,6 +174,11 @@ class Model:
         return bool(self.network.is_variational)
 
     @property
+    def context_slices(self) -> int:
+        """Neighbours on either side of a slice that the network takes as context (0: slice-wise)."""
+        return int(self.card.get("context_slices", 0))
+
+    @property
     def thresholds(self) -> Dict[str, float]:
         return dict(self.card.get("calibration", {}).get("thresholds", {}))
 
@@ -180,7 +195,7 @@ def build_model(card: Dict[str, Any]) -> Model:
     """A freshly initialised :class:`Model` for ``card``."""
     validate_card(card)
     network = build_network(card["arch"], card["size"], card["latent_dim"], card["channels"],
-                            card["beta"], card["norm"])
+                            card["beta"], card["norm"], int(card.get("context_slices", 0)))
     return Model(network=network, card=copy.deepcopy(card))
 
 

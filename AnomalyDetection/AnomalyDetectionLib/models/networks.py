@@ -6,9 +6,15 @@ of ``latent_dim`` units, so the two differ only in the latent (Gaussian vs deter
 AE with a small, chosen ``latent_dim`` is the entropy-constrained AE of Cai et al. 2024: the
 latent size bounds how much information passes, which is what makes anomalies unreconstructable.
 
-Every network exposes the same three calls the scores are written against:
-``encode(x) -> (mu, logvar or None)``, ``decode(z) -> x_hat`` and ``reconstruct(x) -> x_hat``
-(the mean decoding, deterministic in eval mode).
+Every network exposes the same calls the scores are written against:
+``encode(x) -> (mu, logvar or None)``, ``decode(z) -> x_hat``, ``reconstruct(x) -> x_hat`` (the
+mean decoding, deterministic in eval mode) and ``center(x)``, the slice that ``x_hat`` decodes.
+
+**Context across slices (2.5D).** With ``context`` > 0 the input of a slice is the slice and its
+``context`` neighbours on either side as channels, ``(batch, 2 * context + 1, H, W)``, and the
+network decodes the centre slice only: it sees whether a blob continues above and below, which a
+single slice cannot tell (a vessel or sulcus crossing the plane from a lesion), while the map stays
+one value per voxel of the centre slice. ``context`` 0 is the plain slice-wise model.
 """
 
 from __future__ import annotations
@@ -33,8 +39,24 @@ _MEAN_AT_INFERENCE = (
 )
 
 
-class SliceVAE(nn.Module):
-    """Convolutional VAE on single-channel ``size`` x ``size`` slices; ``beta`` weighs the KL term."""
+class _SliceNetwork(nn.Module):
+    """What both networks share: the input's context slices and the centre slice they decode."""
+
+    context = 0
+
+    def center(self, x: torch.Tensor) -> torch.Tensor:
+        """The centre slice ``(batch, 1, H, W)`` of an input with ``context`` neighbours on either side."""
+        return x if self.context == 0 else x[:, self.context:self.context + 1]
+
+
+def _input_channels(context: int) -> int:
+    if context < 0:
+        raise ValueError(f"context slices must be 0 or more, not {context}")
+    return 2 * int(context) + 1
+
+
+class SliceVAE(_SliceNetwork):
+    """Convolutional VAE on ``size`` x ``size`` slices (with ``context`` neighbours); ``beta`` weighs the KL term."""
 
     is_variational = True
 
@@ -45,12 +67,14 @@ class SliceVAE(nn.Module):
         channels: Sequence[int] = (32, 64, 128, 128),
         beta: float = 1.0,
         norm: str = "instance",
+        context: int = 0,
     ) -> None:
         super().__init__()
         self.beta = float(beta)
+        self.context = int(context)
         self.net = VarAutoEncoder(
             spatial_dims=2,
-            in_shape=(1, size, size),
+            in_shape=(_input_channels(context), size, size),
             out_channels=1,
             latent_size=latent_dim,
             channels=tuple(channels),
@@ -77,7 +101,7 @@ class SliceVAE(nn.Module):
         return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
 
 
-class SliceAE(nn.Module):
+class SliceAE(_SliceNetwork):
     """Deterministic convolutional AE with a dense bottleneck of ``latent_dim`` units."""
 
     is_variational = False
@@ -89,12 +113,14 @@ class SliceAE(nn.Module):
         latent_dim: int = 32,
         channels: Sequence[int] = (32, 64, 128, 128),
         norm: str = "instance",
+        context: int = 0,
     ) -> None:
         super().__init__()
+        self.context = int(context)
         strides = (2,) * len(channels)
         self.net = AutoEncoder(
             spatial_dims=2,
-            in_channels=1,
+            in_channels=_input_channels(context),
             out_channels=1,
             channels=tuple(channels),
             strides=strides,
@@ -136,9 +162,9 @@ def negative_elbo(model: nn.Module, x: torch.Tensor, sample: bool, target: Optio
 
     ``sample`` draws z with the reparameterisation trick (training); otherwise z = mu. ``target``
     is what the decoding is compared with (default ``x``): the clean slice when ``x`` is a
-    corrupted copy (denoising training).
+    corrupted copy (denoising training); with context slices, the centre slice of either.
     """
-    target = x if target is None else target
+    target = model.center(x if target is None else target)
     mu, logvar = model.encode(x)
     if logvar is None:
         return reconstruction_loss(target, model.decode(mu))
@@ -146,12 +172,13 @@ def negative_elbo(model: nn.Module, x: torch.Tensor, sample: bool, target: Optio
     return reconstruction_loss(target, model.decode(z)) + model.beta * kl_divergence(mu, logvar)
 
 
-def build_network(arch: str, size: int, latent_dim: int, channels: Sequence[int], beta: float, norm: str) -> nn.Module:
+def build_network(arch: str, size: int, latent_dim: int, channels: Sequence[int], beta: float, norm: str,
+                  context: int = 0) -> nn.Module:
     """Build the network an architecture name and its hyper-parameters describe."""
     if size % 16 != 0 or size < 16:
         raise ValueError(f"slice size {size} must be a positive multiple of 16")
     if arch == "vae":
-        return SliceVAE(size, latent_dim=latent_dim, channels=channels, beta=beta, norm=norm)
+        return SliceVAE(size, latent_dim=latent_dim, channels=channels, beta=beta, norm=norm, context=context)
     if arch == "ae":
-        return SliceAE(size, latent_dim=latent_dim, channels=channels, norm=norm)
+        return SliceAE(size, latent_dim=latent_dim, channels=channels, norm=norm, context=context)
     raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")

@@ -11,7 +11,7 @@ from .registration import (
     resample_to_input,
     resample_to_template,
 )
-from .slicing import SliceLayout, plan_layout, slices_to_volume, volume_to_slices
+from .slicing import SliceLayout, plan_layout, slices_to_volume, volume_to_slices, with_context
 
 __all__ = [
     "PreparedVolume",
@@ -36,6 +36,7 @@ __all__ = [
     "to_input_grid_image",
     "validate_volume",
     "volume_to_slices",
+    "with_context",
     "write_image_atomic",
     "write_text_atomic",
 ]

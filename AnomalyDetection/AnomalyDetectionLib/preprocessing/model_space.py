@@ -39,7 +39,7 @@ from .registration import (
     resample_to_input,
     resample_to_template,
 )
-from .slicing import SliceLayout, plan_layout, slices_to_volume, volume_to_slices
+from .slicing import SliceLayout, plan_layout, slices_to_volume, volume_to_slices, with_context
 from .template import card_template
 
 if TYPE_CHECKING:  # torch is imported where a device is used: the MRML layer loads this module without torch
@@ -83,6 +83,11 @@ class PreparedVolume:
     space: Optional[Dict[str, Any]] = None
     name: str = "input"
     device: Optional[torch.device] = None
+
+    def network_input(self, chosen: Optional[np.ndarray] = None, context: int = 0) -> np.ndarray:
+        """The ``chosen`` slices (default: all) as a network takes them, with ``context`` neighbours
+        on either side as channels (:func:`~.slicing.with_context`)."""
+        return with_context(self.slices, context, chosen)
 
     def fits(self, card: Mapping[str, Any]) -> bool:
         """Whether this volume was prepared for the model space of ``card`` (so it can be reused as is)."""

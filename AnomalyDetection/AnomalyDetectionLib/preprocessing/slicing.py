@@ -8,7 +8,7 @@ and crops the same padding, so a map lands on exactly the voxels it was computed
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -68,3 +68,26 @@ def slices_to_volume(slices: np.ndarray, layout: SliceLayout) -> np.ndarray:
     height, width = layout.shape
     stack = padded[:, top:top + height, left:left + width]
     return np.ascontiguousarray(np.moveaxis(stack, 0, layout.axis))
+
+
+def with_context(slices: np.ndarray, context: int, chosen: Optional[np.ndarray] = None) -> np.ndarray:
+    """The network input for the ``chosen`` slices of one volume's ``(n, 1, h, w)`` stack (default: all).
+
+    Each chosen slice comes with its ``context`` neighbours on either side as channels, in order,
+    ``(m, 2 * context + 1, h, w)``; beyond the volume's first and last slice the edge slice repeats.
+    With ``context`` 0 this is the plain stack (``slices[chosen]``), so slice-wise models see exactly
+    what they always saw. Why one function: training, calibration and detection must build the
+    context alike, and only from one volume (a cohort's shared batches never mix two scans' slices).
+    """
+    if context < 0:
+        raise ValueError(f"context slices must be 0 or more, not {context}")
+    if context == 0:
+        return slices if chosen is None else slices[chosen]
+    count = len(slices)
+    if chosen is None:
+        index = np.arange(count)
+    else:
+        chosen = np.asarray(chosen)
+        index = np.flatnonzero(chosen) if chosen.dtype == bool else chosen.astype(int)
+    neighbours = np.clip(index[:, None] + np.arange(-context, context + 1)[None, :], 0, count - 1)
+    return np.ascontiguousarray(slices[neighbours, 0])

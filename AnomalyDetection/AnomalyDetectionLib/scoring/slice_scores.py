@@ -1,7 +1,9 @@
 """Voxel-wise anomaly scores of a batch of slices, each a function ``(network, x) -> map``.
 
-``x`` is a ``(batch, 1, H, W)`` tensor of normalised slices; every score returns a tensor of the
-same shape. Gradient scores differentiate the summed per-slice objective once with autograd:
+``x`` is a ``(batch, 1, H, W)`` tensor of normalised slices, or ``(batch, 2k + 1, H, W)`` for a
+network with ``k`` context slices (``network.center(x)`` is the slice it decodes); every score
+returns a ``(batch, 1, H, W)`` map of the centre slice. The gradient scores keep the gradient at
+the centre slice's voxels. Gradient scores differentiate the summed per-slice objective once with autograd:
 each slice's objective depends only on its own input (instance or eval-mode normalisation), so
 the gradient of the sum is every slice's own gradient, for the whole batch in one backward pass.
 
@@ -61,10 +63,11 @@ def _require_variational(network: nn.Module, score: str) -> None:
 @torch.no_grad()
 def reconstruction(network: nn.Module, x: torch.Tensor, samples: int = 0) -> torch.Tensor:
     """|x - x_hat|; for a VAE with ``samples`` > 0 the mean error over that many latent draws."""
+    center = network.center(x)
     if samples <= 0 or not network.is_variational:
-        return (x - network.reconstruct(x)).abs()
+        return (center - network.reconstruct(x)).abs()
     mu, logvar = network.encode(x)
-    errors = [(x - network.decode(network.sample_latent(mu, logvar))).abs() for _ in range(samples)]
+    errors = [(center - network.decode(network.sample_latent(mu, logvar))).abs() for _ in range(samples)]
     return torch.stack(errors).mean(0)
 
 
@@ -94,6 +97,7 @@ def ssim_residual(network: nn.Module, x: torch.Tensor, window_sigma: Optional[fl
         return separable_filtering(t, [kernel, kernel], mode="replicate")
 
     x_hat = network.reconstruct(x)
+    x = network.center(x)
     mu_x, mu_y = local_mean(x), local_mean(x_hat)
     var_x = local_mean(x * x) - mu_x * mu_x
     var_y = local_mean(x_hat * x_hat) - mu_y * mu_y
@@ -109,7 +113,7 @@ def _kl_gradient_and_mean(network: nn.Module, x: torch.Tensor) -> Tuple[torch.Te
         leaf = x.detach().requires_grad_(True)
         mu, logvar = network.encode(leaf)
         (grad,) = torch.autograd.grad(kl_divergence(mu, logvar).sum(), leaf)
-    return grad.abs(), mu.detach()
+    return network.center(grad).abs(), mu.detach()
 
 
 def kl_grad(network: nn.Module, x: torch.Tensor, sigma: float = 0.0) -> torch.Tensor:
@@ -121,7 +125,8 @@ def kl_grad(network: nn.Module, x: torch.Tensor, sigma: float = 0.0) -> torch.Te
 def elbo_grad(network: nn.Module, x: torch.Tensor, sigma: float = 0.0) -> torch.Tensor:
     """|d (-ELBO) / dx| with z = mu, so the map is deterministic; smoothed by ``sigma`` pixels."""
     _require_variational(network, "elbo_grad")
-    return _smoothed(_input_gradient(x, lambda leaf: negative_elbo(network, leaf, sample=False)), sigma)
+    gradient = _input_gradient(x, lambda leaf: negative_elbo(network, leaf, sample=False))
+    return _smoothed(network.center(gradient), sigma)
 
 
 def combi(network: nn.Module, x: torch.Tensor, sigma: float = 0.0) -> torch.Tensor:
@@ -129,7 +134,7 @@ def combi(network: nn.Module, x: torch.Tensor, sigma: float = 0.0) -> torch.Tens
     _require_variational(network, "combi")
     gradient, mu = _kl_gradient_and_mean(network, x)
     with torch.no_grad():
-        return (x - network.decode(mu)).abs() * _smoothed(gradient, sigma)
+        return (network.center(x) - network.decode(mu)).abs() * _smoothed(gradient, sigma)
 
 
 def energy_projection(
@@ -139,13 +144,17 @@ def energy_projection(
 
     Weighting the step by the squared reconstruction error (Dehaene et al. 2020) lets only the
     badly reconstructed voxels move, so the projection changes anomalies and keeps normal anatomy.
+    With context slices only the centre slice moves (its neighbours stay the scan's own).
     """
-    origin = x.detach()
+    context = network.context
+    above, below = x[:, :context].detach(), x[:, context + 1:].detach()
+    origin = network.center(x.detach())
     current = origin.clone()
     for _ in range(int(steps)):
         with torch.enable_grad():
             leaf = current.requires_grad_(True)
-            x_hat = network.reconstruct(leaf)
+            full = leaf if context == 0 else torch.cat((above, leaf, below), dim=1)
+            x_hat = network.reconstruct(full)
             energy = reconstruction_loss(leaf, x_hat) + lam * (leaf - origin).abs().flatten(1).sum(1)
             (grad,) = torch.autograd.grad(energy.sum(), leaf)
         with torch.no_grad():

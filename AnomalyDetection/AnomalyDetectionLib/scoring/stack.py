@@ -87,7 +87,11 @@ def score_slices(
     progress: Optional[Progress] = None,
     member_maps: Optional[Mapping[str, np.ndarray]] = None,
 ) -> np.ndarray:
-    """Score an ``(n, 1, size, size)`` stack in batches on the model's device; float32 array out.
+    """Score a stack in batches on the model's device: ``(n, 1, size, size)`` float32 maps out.
+
+    ``slices`` is what the network takes, ``(n, 2k + 1, size, size)`` for a model with ``k``
+    context slices (:meth:`~AnomalyDetectionLib.preprocessing.PreparedVolume.network_input`);
+    the maps are those of the centre slices.
 
     The ensemble is combined over the whole stack, so without calibration its members are
     normalised against every foreground voxel of the volume, not one batch's. ``member_maps``
@@ -100,7 +104,8 @@ def score_slices(
     progress = progress or Progress()
     if score in VOLUME_SCORES:
         progress.report(1.0, f"{score}: done")
-        return intensity_deviation(slices, foreground if foreground is not None else slices > 0)
+        centre = slices[:, model.context_slices:model.context_slices + 1]
+        return intensity_deviation(centre, foreground if foreground is not None else centre > 0)
     if score != "ensemble":
         return _run_batches(model, slices, score, checked, batch_size, progress)
     members: Sequence[str] = checked["members"]
@@ -112,7 +117,7 @@ def score_slices(
             maps[member] = member_maps[member]
             continue
         maps[member] = _run_batches(model, slices, member, checked["member_params"][member], batch_size, part)
-    reference = foreground if foreground is not None else slices > 0
+    reference = foreground if foreground is not None else slices[:, model.context_slices:model.context_slices + 1] > 0
     return combine(maps, checked["normalisation"], _calibrated_stats(model), reference)
 
 
@@ -136,7 +141,7 @@ def _run_batches(
         raise ValueError(f"batch size must be at least 1, not {batch_size}")
     function = SLICE_SCORES[score]
     device = model.device
-    out = np.empty(slices.shape, dtype=np.float32)
+    out = np.empty((len(slices), 1, *slices.shape[2:]), dtype=np.float32)
     total = len(slices)
     model.network.eval()
     for start in range(0, total, batch_size):

@@ -42,24 +42,28 @@ def extract_slices(
     """Model-space slices of ``volumes`` with at least the card's foreground fraction, and their volume index.
 
     Near-empty slices (air above the head) would teach the model that blank is normal and swamp
-    the anatomy, so they are skipped.
+    the anatomy, so they are skipped. For a card with context slices each kept slice comes with its
+    neighbours as channels (:meth:`~AnomalyDetectionLib.preprocessing.PreparedVolume.network_input`),
+    exactly as detection will give them.
     """
     progress = progress or Progress()
     minimum = float(card.get("min_foreground_fraction", 0.05))
+    context = int(card.get("context_slices", 0))
     kept: List[np.ndarray] = []
     owners: List[np.ndarray] = []
     for index, volume in enumerate(volumes):
         progress.report(index / len(volumes), f"reading normal volume {index + 1} of {len(volumes)}")
         prepared = prepared_input(volume, card, index, progress.sub(index / len(volumes), (index + 1) / len(volumes)))
         keep = prepared.foreground_fraction() >= minimum
-        kept.append(prepared.slices[keep])
+        kept.append(prepared.network_input(keep, context))
         owners.append(np.full(int(keep.sum()), index))
     progress.report(1.0, "slices extracted")
     return np.concatenate(kept), np.concatenate(owners)
 
 
 class SliceDataset(torch.utils.data.Dataset):
-    """A stack of ``(n, 1, size, size)`` slices, augmented on access when a transform is given."""
+    """A stack of ``(n, c, size, size)`` slices (c: a slice and its context), augmented on access when a
+    transform is given (MONAI's transforms move and recolour every channel of an item alike)."""
 
     def __init__(self, slices: np.ndarray, transform: Optional[Compose] = None) -> None:
         self.slices = slices

@@ -38,9 +38,10 @@ def coarse_noise(x: torch.Tensor, std: float, grid_px: int, generator: Optional[
                  ) -> torch.Tensor:
     """``x`` plus Gaussian noise drawn on a ``grid_px`` square grid, upsampled bilinearly, inside x > 0.
 
-    ``x`` is a ``(batch, 1, H, W)`` batch; the noise is drawn on the CPU from ``generator`` (so a
-    seeded run is the same on any device) and moved to ``x``'s device.
+    ``x`` is a ``(batch, c, H, W)`` batch; the noise is drawn on the CPU from ``generator`` (so a
+    seeded run is the same on any device) and moved to ``x``'s device. A slice's context channels
+    get the same noise as the slice: a blob that spans neighbouring slices, as a lesion does.
     """
-    grid = torch.randn((x.shape[0], x.shape[1], grid_px, grid_px), generator=generator, dtype=torch.float32)
+    grid = torch.randn((x.shape[0], 1, grid_px, grid_px), generator=generator, dtype=torch.float32)
     noise = F.interpolate(grid.to(x.device), size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
     return x + float(std) * noise * (x > 0)

@@ -65,6 +65,7 @@ def train(
     channels: Sequence[int] = (32, 64, 128, 128),
     norm: str = "instance",
     slice_axis: str = "axial",
+    context_slices: int = 0,
     foreground: str = "otsu",
     template: Optional[Mapping[str, Any]] = None,
     epochs: int = 20,
@@ -95,7 +96,9 @@ def train(
     augment slices in parallel (augmentation, not the network, limits a GPU). ``denoising``
     (settings of :mod:`~.denoising`, ``{}`` for the defaults) trains a denoising model: each slice
     is corrupted with coarse noise and the loss compares the decoding with the clean slice
-    (Kascenas et al. 2022); ``None`` trains a plain one. Returns the trained model.
+    (Kascenas et al. 2022); ``None`` trains a plain one. ``context_slices`` neighbours on either side
+    of each slice are the network's extra input channels (2.5D, see :mod:`~AnomalyDetectionLib.models.networks`).
+    Returns the trained model.
 
     ``distributed``: ``None`` trains with DDP when torchrun started several processes (``WORLD_SIZE``
     > 1) and alone otherwise; ``True`` requires torchrun's environment; ``False`` never joins a group
@@ -114,7 +117,7 @@ def train(
     with start(distributed, device) as run:
         torch_device = run.device
         card = make_card(arch=arch, size=size, latent_dim=latent_dim, channels=channels, beta=beta, norm=norm,
-                         slice_axis=slice_axis, foreground=foreground, template=template,
+                         slice_axis=slice_axis, context_slices=context_slices, foreground=foreground, template=template,
                          name=name or (Path(output).stem if output else f"{arch}-{size}"), description=description)
         if postprocessing:
             card["postprocessing"] = postprocessing_settings({}, postprocessing)
@@ -205,7 +208,8 @@ def fit_network(
     train_owners: Optional[np.ndarray] = None,
     run: Optional[DistributedRun] = None,
 ) -> Tuple[float, List[Dict[str, float]]]:
-    """Fit ``model``'s network to normal ``train_slices`` ``(n, 1, size, size)`` in [0, 1] with Adam.
+    """Fit ``model``'s network to normal ``train_slices`` ``(n, c, size, size)`` in [0, 1] with Adam (c: 1,
+    or a slice and its context slices).
 
     The one training loop of the engine: :func:`train` runs it on slices of volumes, the paper
     experiments on 2D images. The network ends with the weights of the best validation loss.
@@ -331,6 +335,8 @@ def _load_checkpoint(path: Path, model: Model, optimiser: torch.optim.Optimizer,
     state = torch.load(str(path), map_location=model.device, weights_only=True)
     keys = ("arch", "size", "latent_dim", "channels", "beta", "slice_axis", "foreground")
     different = [k for k in keys if state["card"].get(k) != card.get(k)]
+    if state["card"].get("context_slices", 0) != card.get("context_slices", 0):
+        different.append("context_slices")
     if state.get("denoising") != (dict(noise) if noise else None):
         different.append("denoising")
     if different:
