@@ -16,14 +16,13 @@ import pytest
 import SimpleITK as sitk
 
 from AnomalyDetectionLib.errors import Cancelled, InputError
-from AnomalyDetectionLib.preprocessing.registration import (
+from AnomalyDetectionLib.preprocessing.registration import register_to_template
+from AnomalyDetectionLib.preprocessing.registration_method import (
     RegistrationResult,
     check_registration,
-    register_to_template,
-    resample_to_input,
-    resample_to_template,
     template_brain_overlap,
 )
+from AnomalyDetectionLib.preprocessing.resampling import resample_to_input, resample_to_template
 from AnomalyDetectionResearch.data import available_anatomy, load_anatomy
 
 TOLERANCE_MM = 2.0

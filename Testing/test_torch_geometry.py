@@ -137,7 +137,7 @@ def test_resampling_gives_simpleitk_voxels_on_the_same_grid(template_2mm, neares
 
 
 def test_field_of_view_on_device_is_simpleitks(template_2mm):
-    from AnomalyDetectionLib.preprocessing.registration import field_of_view_on_template
+    from AnomalyDetectionLib.preprocessing.resampling import field_of_view_on_template
 
     image = _oblique(template_2mm)
     transform = _some_affine()

@@ -51,7 +51,7 @@ from .preprocessing import (
     write_text_atomic,
 )
 from .preprocessing.io import detection_paths
-from .preprocessing.registration import RegistrationResult
+from .preprocessing.registration_method import RegistrationResult
 from .progress import CancelCheck, Progress, ProgressCallback
 from .scoring import check_score, score_slices
 from .scoring.stack import VOLUME_SCORES, as_batch

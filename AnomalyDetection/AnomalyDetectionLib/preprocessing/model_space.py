@@ -32,13 +32,9 @@ from ..progress import Progress
 from .intensity import foreground_mask, normalise_intensity
 from .io import validate_volume
 from .orientation import to_canonical, to_input_grid
-from .registration import (
-    RegistrationResult,
-    field_of_view_on_template,
-    register_to_template,
-    resample_to_input,
-    resample_to_template,
-)
+from .registration import register_to_template
+from .registration_method import RegistrationResult
+from .resampling import field_of_view_on_template, resample_to_input, resample_to_template
 from .slicing import SliceLayout, plan_layout, slices_to_volume, volume_to_slices, with_context
 from .template import card_template
 

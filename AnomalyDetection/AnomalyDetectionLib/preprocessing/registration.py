@@ -19,11 +19,11 @@ rather than the last tenth of a millimetre:
   skull-stripped, so without the mask the input's skull and scalp would pull on the metric.
 
 The transform maps template (fixed) points to input (moving) points, the direction
-``sitk.Resample`` needs to pull the input onto the template grid; :func:`resample_to_input`
+``sitk.Resample`` needs to pull the input onto the template grid; :func:`~.resampling.resample_to_input`
 uses its inverse to bring an anomaly map back onto the input grid exactly.
 
 A registration that obviously failed must not give a silently wrong anomaly map, so
-:func:`check_registration` compares the final metric, the share of the mapped template brain
+:func:`~.registration_method.check_registration` compares the final metric, the share of the mapped template brain
 that lies inside the input's foreground, and the transform's scaling with what normal scans
 give, and the result carries its warnings into the report.
 """
@@ -34,8 +34,7 @@ import contextlib
 import math
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -44,6 +43,16 @@ from ..errors import Cancelled, InputError
 from ..progress import CancelCheck, Progress, ProgressCallback
 from .intensity import foreground_mask
 from .io import validate_volume
+from .registration_method import (
+    AFFINE_START_SCALES,
+    HISTOGRAM_BINS,
+    INITIAL_ROTATIONS,
+    MASK_MARGIN_MM,
+    START_MARGIN,
+    RegistrationResult,
+    check_registration,
+    template_brain_overlap,
+)
 
 if TYPE_CHECKING:  # torch only where a device is given: the MRML layer loads this module without it
     import torch
@@ -51,145 +60,12 @@ if TYPE_CHECKING:  # torch only where a device is given: the MRML layer loads th
 #: Isotropic spacing (mm) of the copies that are registered; axes already coarser are kept.
 WORKING_SPACING_MM = 2.0
 
-#: Margin (mm) by which the template brain mask is dilated for the metric: the brain's border
-#: (brain against CSF or background) carries much of the alignment information.
-MASK_MARGIN_MM = 4.0
-
-#: Histogram bins of the Mattes mutual information: enough for grey/white/CSF/background, few
-#: enough for the thousands of samples of the coarse levels.
-HISTOGRAM_BINS = 32
 #: ITK's thread count is process-wide: registrations in threads of one process take turns (see _one_itk_thread).
 _ITK_THREADS_LOCK = threading.Lock()
 
-#: Rotations (radians about the template's x, y, z axes) tried on top of each initial centre.
-#: Head tilt (about x, left-right) varies most between scans, so it gets two extra tries.
-INITIAL_ROTATIONS: Tuple[Tuple[float, float, float], ...] = (
-    (0.0, 0.0, 0.0),
-    (0.26, 0.0, 0.0), (-0.26, 0.0, 0.0),
-    (0.0, 0.26, 0.0), (0.0, -0.26, 0.0),
-    (0.0, 0.0, 0.26), (0.0, 0.0, -0.26),
-)
-
-#: Isotropic scales the affine stage also starts from (on top of the rigid result itself, scale 1).
-#: From scale 1 the affine stage can grow the template's brain onto the skull or the enhancing dura
-#: of a head whose brain is smaller than the template's (it ended 10-27 % too large on three of the
-#: held-out and validation cases, brain Dice 0.67-0.83 against the truth); started 15 % smaller it
-#: reaches the right optimum (Dice 0.90-0.96, mutual information -0.34 to -0.70 instead of -0.16 to
-#: -0.21), and on scans where scale 1 was right both starts end at the same optimum.
-AFFINE_START_SCALES: Tuple[float, ...] = (0.85,)
-
-#: An affine result from another start replaces the one from scale 1 only if its metric is lower by
-#: more than this: equal optima (up to the sampling's noise) keep the scale-1 result.
-START_MARGIN = 0.01
 
 #: Iterations per resolution level of each stage.
 MAX_ITERATIONS = 100
-
-#: Interpolators that keep label values, and so the labels' pixel type (sitkLabelLinear: SimpleITK >= 2.3).
-_LABEL_INTERPOLATORS = tuple(
-    getattr(sitk, name)
-    for name in ("sitkNearestNeighbor", "sitkLabelGaussian", "sitkLabelLinear")
-    if hasattr(sitk, name)
-)
-
-#: Quality limits of :func:`check_registration`. The metric is the Mattes MI value as SimpleITK
-#: reports it (negative; lower is better). Synthetic normal subjects made from the 2 mm MNI152
-#: template (affine + elastic deformation, bias, gamma, noise, texture, with or without a
-#: simulated skull, inverted T2-like contrast) end at -0.8 to -1.8; a noise volume ends near 0, a
-#: brain turned upside down (wrong header) at -0.20, an ellipsoid phantom at -0.22. Real scans
-#: are less similar to an average template than synthetic ones, hence the margin: a value above
-#: ``max_metric`` means the images share almost no information where the brain should be.
-#: ``min_overlap`` is the fraction of the template brain mapped onto the input *within the input's
-#: field of view* that falls inside the input's foreground. Good registrations of the validation
-#: heads (OASIS-30, ICBM 2009c: 1 mm, and in 6.5 mm slices with 60 mm of the head cut off; skull on
-#: and skull-stripped) give 0.92-0.998; the 6.5 mm OASIS head registered 21.8 mm off (the README's
-#: registration section) 0.73; noise 0.5. It used to count the brain outside the field of view as
-#: missed, which put correct partial-coverage registrations at 0.74-0.81, as low as that miss, so
-#: the limit had to sit at 0.7 and caught neither.
-#: ``min_coverage`` is the share of the template brain inside the input's field of view: below it the
-#: scan holds too little of the brain for a trustworthy registration or map.
-#: ``scale_range`` bounds the singular values of the affine matrix: adult brains differ in size by
-#: some 15 %, a factor outside [0.7, 1.4] is a transform that shrank or blew up the brain to fit.
-DEFAULT_EXPECTED: Dict[str, Any] = {
-    "max_metric": -0.25,
-    "min_overlap": 0.85,
-    "min_coverage": 0.5,
-    "scale_range": (0.7, 1.4),
-}
-
-
-@dataclass
-class RegistrationResult:
-    """Outcome of :func:`register_to_template`.
-
-    ``transform`` maps template (fixed) physical points to input (moving) physical points, as
-    ``sitk.Resample`` expects for pulling the input onto the template grid. ``metric`` is the
-    Mattes MI at the end (SimpleITK sign: lower is better), re-evaluated on the working grid with
-    the seeded sampling so it is comparable between scans. ``brain_overlap`` is the fraction of
-    the template brain mapped into the input's field of view that lies inside the input's
-    foreground, ``brain_coverage`` the fraction of the template brain inside that field of view
-    (both ``None`` when not computed; see :func:`template_brain_overlap`). ``warnings`` are the
-    findings of :func:`check_registration`.
-    """
-
-    transform: sitk.Transform
-    metric: float
-    iterations: int
-    stop_condition: str
-    brain_overlap: Optional[float] = None
-    brain_coverage: Optional[float] = None
-    warnings: List[str] = field(default_factory=list)
-    initialisation: str = ""
-    seconds: float = 0.0
-
-    def to_report(self) -> Dict[str, Any]:
-        """JSON-able summary for a detection report: the transform in several readable forms
-        (SimpleITK parameters to rebuild it, and a 4x4 homogeneous matrix in LPS millimetres),
-        the quality measures and the warnings."""
-        report: Dict[str, Any] = {
-            "transform_type": self.transform.GetName(),
-            "maps": "template (fixed) LPS mm -> input (moving) LPS mm",
-            "parameters": [float(p) for p in self.transform.GetParameters()],
-            "fixed_parameters": [float(p) for p in self.transform.GetFixedParameters()],
-        }
-        matrix, translation, center = _affine_parts(self.transform)
-        if matrix is not None:
-            offset = translation + center - matrix @ center
-            homogeneous = np.eye(4)
-            homogeneous[:3, :3] = matrix
-            homogeneous[:3, 3] = offset
-            report.update({
-                "matrix": matrix.tolist(),
-                "translation": translation.tolist(),
-                "center": center.tolist(),
-                "homogeneous_matrix": homogeneous.tolist(),
-                "scales": np.linalg.svd(matrix, compute_uv=False).tolist(),
-            })
-        report.update({
-            "metric": float(self.metric) if math.isfinite(self.metric) else None,
-            "metric_name": "mattes_mutual_information (SimpleITK sign: lower is better)",
-            "iterations": int(self.iterations),
-            "stop_condition": self.stop_condition,
-            "brain_overlap": None if self.brain_overlap is None else float(self.brain_overlap),
-            "brain_coverage": None if self.brain_coverage is None else float(self.brain_coverage),
-            "initialisation": self.initialisation,
-            "seconds": round(float(self.seconds), 3),
-            "warnings": list(self.warnings),
-        })
-        return report
-
-
-def _affine_parts(transform: sitk.Transform) -> Tuple[Optional[np.ndarray], np.ndarray, np.ndarray]:
-    """Matrix, translation and centre of a matrix-offset transform (affine, rigid, similarity);
-    ``(None, ...)`` for any other kind (e.g. a displacement field)."""
-    try:
-        downcast = transform.Downcast()
-        matrix = np.asarray(downcast.GetMatrix(), dtype=float).reshape(3, 3)
-        translation = np.asarray(downcast.GetTranslation(), dtype=float)
-        center = np.asarray(downcast.GetCenter(), dtype=float)
-    except (AttributeError, RuntimeError, TypeError):
-        return None, np.zeros(3), np.zeros(3)
-    return matrix, translation, center
 
 
 def _working_copy(image: sitk.Image, spacing_mm: float) -> sitk.Image:
@@ -384,7 +260,7 @@ def register_to_template(
     by the quality check's metric wins, and the rigid result itself if no affine one beats it.
 
     The result carries the transform, the final metric, the brain overlap and the warnings of
-    :func:`check_registration`; a bad registration is reported, not raised, so the caller can
+    :func:`~.registration_method.check_registration`; a bad registration is reported, not raised, so the caller can
     still show its map with a warning. :class:`InputError` is raised for unusable inputs.
 
     ``device``: run it there in torch (:mod:`.torch_registration`, the same method; how the
@@ -511,134 +387,3 @@ def _final_metric(fixed: sitk.Image, moving: sitk.Image, fixed_mask: Optional[si
     method = _new_method(fixed_mask, min(1.0, 4 * sampling_percentage), seed)
     method.SetInitialTransform(transform, inPlace=False)
     return float(method.MetricEvaluate(fixed, moving))
-
-
-def template_brain_overlap(
-    transform: sitk.Transform, image: sitk.Image, template_mask: sitk.Image
-) -> Tuple[float, float]:
-    """``(overlap, coverage)`` of ``template_mask`` mapped onto ``image``.
-
-    ``coverage`` is the fraction of the template brain that lands inside ``image``'s field of view
-    (1 for a whole-head scan; less for a clinical scan with the vertex or skull base cut off).
-    ``overlap`` is the fraction of the brain that lands inside the field of view that also lies in
-    ``image``'s foreground (the Otsu head or brain region of :func:`foreground_mask`, so skull or no
-    skull does not matter): a well registered brain lies inside the head whatever the coverage,
-    while a miss puts part of it over background. Judged within the field of view so that partial
-    coverage does not read as a miss. Computed at the resolution of ``image`` (pass a downsampled
-    copy for speed).
-    """
-    mask_volume = float(np.count_nonzero(sitk.GetArrayViewFromImage(template_mask))) * float(
-        np.prod(template_mask.GetSpacing()))
-    if mask_volume <= 0.0:
-        raise InputError("registration: the template mask is empty")
-    mapped = resample_to_input(sitk.Cast(template_mask > 0, sitk.sitkUInt8), image, transform,
-                               sitk.sitkNearestNeighbor, 0)
-    inside = sitk.GetArrayViewFromImage(mapped).astype(bool)
-    in_view = int(np.count_nonzero(inside))
-    if in_view == 0:
-        return 0.0, 0.0
-    foreground = sitk.GetArrayFromImage(foreground_mask(image, "otsu")).astype(bool)  # a copy: the mask is temporary
-    # The whole brain's mapped volume is the template's times |det|; the part of it on the input
-    # grid over that is the coverage.
-    matrix, _, _ = _affine_parts(transform)
-    expected_volume = mask_volume * (1.0 if matrix is None else abs(float(np.linalg.det(matrix))))
-    coverage = min(1.0, in_view * float(np.prod(image.GetSpacing())) / expected_volume)
-    return float(np.count_nonzero(inside & foreground) / in_view), float(coverage)
-
-
-def check_registration(result: RegistrationResult, expected: Optional[Dict[str, Any]] = None) -> List[str]:
-    """Warnings (possibly none) for a registration whose quality measures are implausible.
-
-    ``expected`` overrides entries of :data:`DEFAULT_EXPECTED` (``max_metric``, ``min_overlap``,
-    ``min_coverage``, ``scale_range``). Each warning is one sentence a user can act on; the caller
-    decides whether to go on (the anomaly map of a misregistered scan is mostly false positives).
-    """
-    limits = dict(DEFAULT_EXPECTED)
-    if expected:
-        limits.update(expected)
-    warnings: List[str] = []
-    if not math.isfinite(result.metric) or result.metric > float(limits["max_metric"]):
-        warnings.append(
-            f"registration probably failed: mutual information {result.metric:.3f} is above "
-            f"{float(limits['max_metric']):.3f} (input and template share little information); "
-            "check that the input is a brain MRI and its orientation is right"
-        )
-    if result.brain_overlap is not None and result.brain_overlap < float(limits["min_overlap"]):
-        warnings.append(
-            f"registration probably failed: only {100 * result.brain_overlap:.0f} % of the template brain within "
-            f"the field of view falls inside the input's foreground (expected at least "
-            f"{100 * float(limits['min_overlap']):.0f} %)"
-        )
-    if result.brain_coverage is not None and result.brain_coverage < float(limits["min_coverage"]):
-        warnings.append(
-            f"only {100 * result.brain_coverage:.0f} % of the brain is inside the scan's field of view (expected "
-            f"at least {100 * float(limits['min_coverage']):.0f} %): the registration and the map of so partial a "
-            "scan are unreliable"
-        )
-    matrix, _, _ = _affine_parts(result.transform)
-    if matrix is not None:
-        scales = np.linalg.svd(matrix, compute_uv=False)
-        low, high = (float(v) for v in limits["scale_range"])
-        if scales.min() < low or scales.max() > high:
-            warnings.append(
-                f"registration probably failed: the transform scales the brain by {scales.min():.2f} to "
-                f"{scales.max():.2f} (plausible: {low:.2f} to {high:.2f})"
-            )
-    return warnings
-
-
-def _output_type(image: sitk.Image, interpolator: int) -> int:
-    """Keep labels' pixel type with label-preserving interpolators; otherwise float32, so linear
-    interpolation of an integer scan is not rounded."""
-    if interpolator in _LABEL_INTERPOLATORS:
-        return image.GetPixelID()
-    if image.GetPixelID() == sitk.sitkFloat64:
-        return sitk.sitkFloat64
-    return sitk.sitkFloat32
-
-
-def resample_to_template(
-    image: sitk.Image,
-    template: sitk.Image,
-    transform: sitk.Transform,
-    interpolator: int = sitk.sitkLinear,
-    default: float = 0.0,
-) -> sitk.Image:
-    """``image`` (input space) resampled onto ``template``'s grid through ``transform``
-    (template -> input points, as found by :func:`register_to_template`)."""
-    return sitk.Resample(image, template, transform, interpolator, float(default), _output_type(image, interpolator))
-
-
-def field_of_view_on_template(image: sitk.Image, template: sitk.Image, transform: sitk.Transform) -> sitk.Image:
-    """uint8 mask on ``template``'s grid of the points that ``transform`` maps inside ``image``'s grid.
-
-    A clinical scan that leaves out the vertex or the skull base has no data there; the template
-    voxels outside its field of view are filled, not imaged, and must not count as brain.
-    """
-    ones = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
-    ones.CopyInformation(image)
-    return sitk.Resample(ones, template, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-
-
-def resample_to_input(
-    template_space_image: sitk.Image,
-    reference_input: sitk.Image,
-    transform: sitk.Transform,
-    interpolator: int = sitk.sitkLinear,
-    default: float = 0.0,
-) -> sitk.Image:
-    """A template-space image (anomaly map, mask) brought back onto ``reference_input``'s grid.
-
-    Uses the inverse of ``transform``; the result has exactly the reference's size, spacing,
-    origin and direction, so it overlays the input in any viewer. :class:`InputError` if the
-    transform cannot be inverted (singular matrix, or a kind without an inverse).
-    """
-    try:
-        inverse = transform.GetInverse()
-    except RuntimeError:
-        raise InputError(f"registration transform ({transform.GetName()}) cannot be inverted; "
-                         "the map cannot be brought back onto the input grid") from None
-    out = sitk.Resample(template_space_image, reference_input, inverse, interpolator, float(default),
-                        _output_type(template_space_image, interpolator))
-    out.CopyInformation(reference_input)
-    return out

@@ -4,19 +4,19 @@ Why: SimpleITK registers a scan in 2-5 s on the CPU while a GPU scores it in a f
 a cohort on a GPU then waits on the CPU. This module runs the same method as
 :func:`~.registration.register_to_template` on any torch device, step for step:
 
-* copies of both images smoothed and resampled to :data:`~.registration.WORKING_SPACING_MM`,
+* copies of both images smoothed and resampled to :data:`~.registration_method.WORKING_SPACING_MM`,
   clipped at their 99.9th percentile; the template's brain mask dilated by
-  :data:`~.registration.MASK_MARGIN_MM` restricts the metric;
+  :data:`~.registration_method.MASK_MARGIN_MM` restricts the metric;
 * the best rigid start among moments- and geometry-centred positions with
-  :data:`~.registration.INITIAL_ROTATIONS`, scored on coarse copies;
+  :data:`~.registration_method.INITIAL_ROTATIONS`, scored on coarse copies;
 * a rigid stage, then an affine stage from the rigid result at scale 1 and at each of
-  :data:`~.registration.AFFINE_START_SCALES`, each multi-resolution (shrink factors and smoothing in
+  :data:`~.registration_method.AFFINE_START_SCALES`, each multi-resolution (shrink factors and smoothing in
   millimetres), the best end point by the final metric, and the rigid result if no affine one beats it;
 * mutual information with 32 bins and cubic B-spline Parzen windows (MONAI's
   ``GlobalMutualInformationLoss``; SimpleITK sign: negative, lower is better) on a seeded random
   share of the fixed voxels, points that map outside the scan left out;
-* the same quality measures, :func:`~.registration.check_registration` warnings and report fields:
-  the result is a :class:`~.registration.RegistrationResult` holding a SimpleITK affine transform,
+* the same quality measures, :func:`~.registration_method.check_registration` warnings and report fields:
+  the result is a :class:`~.registration_method.RegistrationResult` holding a SimpleITK affine transform,
   so reports, reuse and the CPU resampling work on it unchanged.
 
 Two things differ from SimpleITK's: the optimiser is Adam with a fixed number of iterations per
@@ -42,7 +42,7 @@ from monai.losses import GlobalMutualInformationLoss
 from ..errors import InputError
 from ..progress import Progress
 from .intensity import foreground_mask
-from .registration import (
+from .registration_method import (
     AFFINE_START_SCALES,
     HISTOGRAM_BINS,
     INITIAL_ROTATIONS,

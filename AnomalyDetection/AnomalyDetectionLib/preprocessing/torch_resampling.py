@@ -155,7 +155,7 @@ def resample(moving: DeviceVolume, reference: sitk.Image, transform: np.ndarray,
 def field_of_view_on_device(image: sitk.Image, reference: sitk.Image, transform: np.ndarray,
                             device: torch.device) -> np.ndarray:
     """Boolean ``(z, y, x)`` array on ``reference``'s grid: the voxels ``transform`` maps inside
-    ``image``'s grid (as :func:`~.registration.field_of_view_on_template`)."""
+    ``image``'s grid (as :func:`~.resampling.field_of_view_on_template`)."""
     size = tuple(int(n) for n in image.GetSize())
     nx, ny, nz = (int(n) for n in reference.GetSize())
     out = torch.empty((nz, ny, nx), dtype=torch.bool, device=device)
