@@ -187,3 +187,9 @@ def test_denoising_training_learns_the_clean_slice_and_says_so(normal_volumes, t
         train(normal_volumes[:3], output, cancel=lambda: checkpoint_path(output).exists(), **settings)
     with pytest.raises(ModelError, match="denoising"):
         train(normal_volumes[:3], output, resume=True, denoising={}, **settings)
+    # nor does it go on with other data, another seed or another learning rate than the stopped run's
+    with pytest.raises(ModelError, match="description"):
+        train(normal_volumes[:3], output, resume=True, description="other volumes", **settings)
+    with pytest.raises(ModelError, match="seed, learning_rate"):
+        train(normal_volumes[:3], output, resume=True, **dict(settings, seed=1, learning_rate=1e-4))
+    assert len(train(normal_volumes[:3], output, resume=True, **settings).card["training"]["history"]) == 2

@@ -232,10 +232,13 @@ def fit_network(
     aug = augmentation_settings(augmentation) if augmentation is not None else no_augmentation()
     noise = denoising_settings(denoising) if denoising is not None else None
     optimiser = torch.optim.Adam(model.network.parameters(), lr=learning_rate)
+    # what else a resumed run must share with the stopped one (the number of workers and of epochs may change)
+    settings = {"seed": seed, "batch_size": batch_size, "learning_rate": learning_rate}
     history: List[Dict[str, float]] = []
     best_val, best_state, first_epoch = float("inf"), None, 0
     if resume and checkpoint is not None and checkpoint.exists():
-        first_epoch, best_val, best_state, history = _load_checkpoint(checkpoint, model, optimiser, model.card, noise)
+        first_epoch, best_val, best_state, history = _load_checkpoint(checkpoint, model, optimiser, model.card, noise,
+                                                                      settings)
     trainer: torch.nn.Module = _TrainingLoss(model.network, noise)
     if run.is_distributed:  # averages the gradients over the ranks in backward()
         trainer = torch.nn.parallel.DistributedDataParallel(
@@ -272,7 +275,7 @@ def fit_network(
         if val_loss < best_val:
             best_val, best_state = val_loss, copy.deepcopy(model.network.state_dict())
         if checkpoint is not None and run.is_main:
-            _save_checkpoint(checkpoint, epoch + 1, model, optimiser, best_val, best_state, history, noise)
+            _save_checkpoint(checkpoint, epoch + 1, model, optimiser, best_val, best_state, history, noise, settings)
     steps.report(1.0, f"trained, best validation loss {best_val:.2f}")
     if best_state is not None:
         model.network.load_state_dict(best_state)
@@ -322,21 +325,29 @@ def _validation_sums(model: Model, slices: np.ndarray, batch_size: int, device: 
 
 def _save_checkpoint(path: Path, epoch: int, model: Model, optimiser: torch.optim.Optimizer, best_val: float,
                      best_state: Optional[Dict[str, torch.Tensor]], history: List[Dict[str, float]],
-                     noise: Optional[Mapping[str, Any]] = None) -> None:
+                     noise: Optional[Mapping[str, Any]] = None, settings: Optional[Mapping[str, Any]] = None) -> None:
     with atomic_output(path) as tmp:
         torch.save({"epoch": epoch, "card": model.card, "network": model.network.state_dict(),
                     "optimizer": optimiser.state_dict(), "best_val": best_val, "best_state": best_state,
-                    "history": history, "denoising": dict(noise) if noise else None}, tmp)
+                    "history": history, "denoising": dict(noise) if noise else None,
+                    "settings": dict(settings or {})}, tmp)
 
 
 def _load_checkpoint(path: Path, model: Model, optimiser: torch.optim.Optimizer, card: Mapping[str, Any],
-                     noise: Optional[Mapping[str, Any]] = None
+                     noise: Optional[Mapping[str, Any]] = None, settings: Optional[Mapping[str, Any]] = None
                      ) -> Tuple[int, float, Optional[Dict[str, torch.Tensor]], List[Dict[str, float]]]:
+    """Restore a stopped run, refusing a checkpoint of another recipe: network, data (the card's
+    description, which says what the volumes were), denoising, seed, batch size or learning rate.
+    Checkpoints written before a setting was recorded are not judged on it."""
     state = torch.load(str(path), map_location=model.device, weights_only=True)
     keys = ("arch", "size", "latent_dim", "channels", "beta", "slice_axis", "foreground")
     different = [k for k in keys if state["card"].get(k) != card.get(k)]
     if state["card"].get("context_slices", 0) != card.get("context_slices", 0):
         different.append("context_slices")
+    if state["card"].get("description", "") != card.get("description", ""):
+        different.append("description")
+    saved = state.get("settings") or {}
+    different += [k for k, v in (settings or {}).items() if k in saved and saved[k] != v]
     if state.get("denoising") != (dict(noise) if noise else None):
         different.append("denoising")
     if different:
