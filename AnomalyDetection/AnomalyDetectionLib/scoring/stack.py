@@ -102,9 +102,9 @@ def score_slices(
     """
     checked = check_score(model, score, params)
     progress = progress or Progress()
+    centre = slices[:, model.context_slices:model.context_slices + 1]  # the slices the maps are of
     if score in VOLUME_SCORES:
         progress.report(1.0, f"{score}: done")
-        centre = slices[:, model.context_slices:model.context_slices + 1]
         return intensity_deviation(centre, foreground if foreground is not None else centre > 0)
     if score != "ensemble":
         return _run_batches(model, slices, score, checked, batch_size, progress)
@@ -117,7 +117,7 @@ def score_slices(
             maps[member] = member_maps[member]
             continue
         maps[member] = _run_batches(model, slices, member, checked["member_params"][member], batch_size, part)
-    reference = foreground if foreground is not None else slices[:, model.context_slices:model.context_slices + 1] > 0
+    reference = foreground if foreground is not None else centre > 0
     return combine(maps, checked["normalisation"], _calibrated_stats(model), reference)
 
 

@@ -340,12 +340,11 @@ def _load_checkpoint(path: Path, model: Model, optimiser: torch.optim.Optimizer,
     description, which says what the volumes were), denoising, seed, batch size or learning rate.
     Checkpoints written before a setting was recorded are not judged on it."""
     state = torch.load(str(path), map_location=model.device, weights_only=True)
-    keys = ("arch", "size", "latent_dim", "channels", "beta", "slice_axis", "foreground")
-    different = [k for k in keys if state["card"].get(k) != card.get(k)]
-    if state["card"].get("context_slices", 0) != card.get("context_slices", 0):
-        different.append("context_slices")
-    if state["card"].get("description", "") != card.get("description", ""):
-        different.append("description")
+    # card keys that a checkpoint of an older engine may lack, with the value their absence meant
+    absent = {"context_slices": 0}
+    keys = ("arch", "size", "latent_dim", "channels", "beta", "slice_axis", "context_slices", "foreground",
+            "description")
+    different = [k for k in keys if state["card"].get(k, absent.get(k)) != card.get(k, absent.get(k))]
     saved = state.get("settings") or {}
     different += [k for k, v in (settings or {}).items() if k in saved and saved[k] != v]
     if state.get("denoising") != (dict(noise) if noise else None):
