@@ -897,7 +897,7 @@ class AnomalyDetectionLogic(ScriptedLoadableModuleLogic):
     ):
         """Detect anomalies in ``volumeNode``; returns ``AnomalyDetectionMRML.DetectionOutputs``.
 
-        ``model``: a bundled model's name (default ``brain_t1_vae``), a ``.pt`` path or a loaded model;
+        ``model``: a bundled model's name (default ``brain_t1_ae``), a ``.pt`` path or a loaded model;
         ``score``: None for the model's default; ``threshold``: "auto" (calibrated) or a number;
         ``extraScores``: other scores whose maps are added side by side; ``withReconstruction``: also
         the model's reconstruction of the scan as a volume (teaching); ``outputs``: an earlier

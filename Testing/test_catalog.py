@@ -44,7 +44,8 @@ def test_lookup_rule_file_then_bundled_name(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "brain_t1_ae").write_bytes(b"")
     assert resolve_model_path("brain_t1_ae") == Path("brain_t1_ae")
-    with pytest.raises(ModelError, match=r"no-such-model: no such model file or bundled model \(bundled: brain_t1_vae"):
+    listed = r"\(bundled: brain_t1_ae, brain_t1_vae"  # the default first
+    with pytest.raises(ModelError, match=r"no-such-model: no such model file or bundled model " + listed):
         resolve_model_path("no-such-model")
 
 

@@ -76,7 +76,7 @@ def test_installed_wheel_detects_with_its_bundled_default(wheel, tmp_path) -> No
                     "--device", "cpu", "-q"], cwd=tmp_path, timeout=600)
     assert detected.returncode == 0, detected.stderr
     report = json.loads((out / "brain_t1_tumour_report.json").read_text())
-    assert report["model"] == "brain_t1_vae" and report["threshold_source"] == "calibrated"
+    assert report["model"] == "brain_t1_ae" and report["threshold_source"] == "calibrated"  # the default
     assert Path(report["model_path"]).is_relative_to(environment)
     for suffix in ("anomaly", "mask", "foreground"):
         assert (out / f"brain_t1_tumour_{suffix}.nii.gz").is_file()
