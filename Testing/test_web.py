@@ -12,6 +12,7 @@ bad uploads; the launcher's test starts a class of two.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import urllib.error
@@ -23,7 +24,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from AnomalyDetectionLib.catalog import SAMPLE_NAME, sample_paths
+from AnomalyDetectionLib.catalog import SAMPLE_NAME, SCORE_HELP, sample_paths
 
 if not (Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists()):
     pytest.skip("Debian's chromium and chromium-driver are not installed (scripts/install_browser.sh installs them "
@@ -255,7 +256,10 @@ def test_8_teaching_mode_shows_every_score_beside_the_reconstruction(detected):
     panels = [panel["name"] for panel in page.state("teaching_panels")]
     assert panels[0] == "model's reconstruction" and set(page.state("scores")) <= set(panels)
     legend = page.text("teaching-legend")
-    assert "Zimmerer et al. 2019" in legend and "Zhou et al. 2020" in legend
+    # each score's panel is explained with the paper its help names (the default model's scores)
+    paper = r"[A-Z][a-z]+ et al\. \d{4}"
+    cited = {name for score in page.state("scores") for name in re.findall(paper, SCORE_HELP[score])}
+    assert cited and all(name in legend for name in cited), (cited, legend)
     views = page.driver.find_elements(By.CSS_SELECTOR, ".layout-grid-item")
     assert len(views) == len(panels)
     page.wait(lambda: all(brain_pixels(page.view(i)) > 0.1 for i in range(len(panels))), 30, "every panel")
